@@ -1,0 +1,174 @@
+"""The one train config: a flat set of named values used by the CLI, campaigns, export and tests.
+
+A `TrainConfig` names everything one training run depends on, so a config written to YAML and read back
+re-runs the same trial. Unknown keys and out-of-range values raise `ConfigError` with a message that names
+the field and the fix; the CLI turns that into one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
+LOSSES = ("ce", "mae", "gce", "sce", "nce_rce", "dal")
+SCHEDULES = ("linear", "cosine", "exponential", "step", "adaptive")
+BOOTSTRAPS = ("soft", "hard")
+NOISE_KINDS = ("none", "symmetric", "symmetric-exclusive", "asymmetric", "instance", "file")
+MODELS = ("auto", "mlp", "cnn", "resnet18", "resnet34")
+DEVICES = ("auto", "cpu", "cuda")
+METRICS = ("val_acc", "test_acc", "best_test_acc", "best_val_acc")
+
+
+class ConfigError(ValueError):
+    """A user's config is wrong; the message is one line naming the field and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "digits"
+    data_dir: str = "./data"
+    download: bool = False
+    val_fraction: float = 0.1
+    # label noise, applied to train and validation labels; test labels stay clean
+    noise: str = "symmetric"
+    noise_rate: float = 0.4
+    noise_file: str | None = None  # .npy of labels, or CIFAR-N .pt as "path.pt:worse_label"
+    # model
+    model: str = "auto"  # auto: mlp for digits, cnn for (fashion-)mnist, resnet18 for cifar
+    # loss
+    loss: str = "dal"
+    q: float = 0.7  # GCE's q
+    alpha: float = 1.0  # SCE / NCE+RCE
+    beta: float = 1.0
+    q_start: float = 0.6  # DAL
+    q_end: float = 1.5
+    schedule: str = "linear"
+    bootstrap: str = "soft"
+    bootstrap_scale: float = 1.0  # multiplies lambda(i); 1.0 is the paper
+    # optimisation (the paper's protocol, scaled to the dataset by `epochs`)
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    augment: bool | None = None  # None: crop+flip for CIFAR, none otherwise
+    # run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool | None = None  # None: bf16 autocast on CUDA, off on CPU
+    threads: int | None = None  # torch CPU threads; None leaves torch's default
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown config field {unknown[0]!r}; known fields: {', '.join(sorted(names))}"
+            )
+        return cls(**{k: _coerce(k, v) for k, v in values.items()})
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    def resolved_model(self) -> str:
+        if self.model != "auto":
+            return self.model
+        return {"digits": "mlp", "mnist": "cnn", "fashion-mnist": "cnn"}.get(self.dataset, "resnet18")
+
+    def resolved_augment(self) -> bool:
+        return self.dataset.startswith("cifar") if self.augment is None else self.augment
+
+
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Accept what YAML/CLI give (ints for floats, '0.4' strings) and reject what cannot be meant."""
+    kind = _FIELD_TYPES[name]
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"config field {name!r} cannot be empty")
+    try:
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if kind.startswith("bool"):
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                return value.lower() in ("true", "yes", "1")
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if kind.startswith("str"):
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"config field {name!r} = {value!r} is not a valid {kind.split(' ')[0]}") from None
+    return value
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def validate(c: TrainConfig) -> None:
+    _choice("dataset", c.dataset, DATASETS)
+    _choice("loss", c.loss, LOSSES)
+    _choice("schedule", c.schedule, SCHEDULES)
+    _choice("bootstrap", c.bootstrap, BOOTSTRAPS)
+    _choice("noise", c.noise, NOISE_KINDS)
+    _choice("model", c.model, MODELS)
+    _choice("device", c.device, DEVICES)
+    for name in ("noise_rate", "q", "alpha", "beta", "q_start", "q_end", "bootstrap_scale", "lr",
+                 "momentum", "weight_decay", "val_fraction"):
+        v = getattr(c, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ConfigError(f"config field {name!r} must be a finite number, got {v!r}")
+    if not 0.0 <= c.noise_rate < 1.0:
+        raise ConfigError(f"noise_rate must be in [0, 1), got {c.noise_rate}")
+    if c.noise == "file" and not c.noise_file:
+        raise ConfigError("noise 'file' needs noise_file (a .npy of labels or a CIFAR-N .pt as PATH.pt:KEY)")
+    if c.q <= 0:
+        raise ConfigError(f"q must be > 0 (GCE's exponent), got {c.q}")
+    if c.q_start <= 0:
+        raise ConfigError(f"q_start must be > 0, got {c.q_start}")
+    if c.q_end < c.q_start:
+        raise ConfigError(f"q_end ({c.q_end}) must be >= q_start ({c.q_start})")
+    if c.alpha < 0 or c.beta < 0 or c.bootstrap_scale < 0:
+        raise ConfigError("alpha, beta and bootstrap_scale must be >= 0")
+    if c.epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {c.epochs}")
+    if c.batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {c.batch_size}")
+    if c.lr <= 0:
+        raise ConfigError(f"lr must be > 0, got {c.lr}")
+    if not 0.0 < c.val_fraction < 0.5:
+        raise ConfigError(f"val_fraction must be in (0, 0.5), got {c.val_fraction}")
+    if c.threads is not None and c.threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {c.threads}")
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(TrainConfig))
+
+
+__all__ = ["TrainConfig", "ConfigError", "validate", "config_fields", "DATASETS", "LOSSES", "SCHEDULES",
+           "BOOTSTRAPS", "NOISE_KINDS", "MODELS", "DEVICES", "METRICS"]
