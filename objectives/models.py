@@ -1,0 +1,125 @@
+"""Networks: an MLP and a small CNN for the small datasets, and PAPER.md's CIFAR ResNet-18/34.
+
+The MLP is sized so that cross-entropy on digits visibly memorises noisy labels within 100 epochs (the
+phenomenon DAL exists to fight); the ResNets are the CIFAR variant of the paper's protocol: a 3x3 stride-1
+stem and no max-pool, so 32x32 inputs keep their resolution into the first stage.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+MODEL_NAMES = ("mlp", "cnn", "resnet18", "resnet34")
+
+
+class MLP(nn.Module):
+    def __init__(self, in_features: int, num_classes: int, width: int = 256, depth: int = 2):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        d = in_features
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), nn.ReLU(inplace=True)]
+            d = width
+        layers.append(nn.Linear(d, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and a linear head; for MNIST-sized images (and digits viewed as 1x8x8)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 32):
+        super().__init__()
+        self.shape = _as_image(input_shape)
+        c, h, w = self.shape
+        self.features = nn.Sequential(
+            nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(4),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.ReLU(inplace=True),
+                                  nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.reshape(x.shape[0], *self.shape)))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                                          nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 inputs: 3x3 stride-1 stem, no max-pool, four stages of 64..512 channels."""
+
+    def __init__(self, blocks: tuple[int, int, int, int], input_shape: tuple[int, ...], num_classes: int):
+        super().__init__()
+        self.shape = _as_image(input_shape)
+        self.in_planes = 64
+        self.conv1 = nn.Conv2d(self.shape[0], 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.layer1 = self._stage(64, blocks[0], 1)
+        self.layer2 = self._stage(128, blocks[1], 2)
+        self.layer3 = self._stage(256, blocks[2], 2)
+        self.layer4 = self._stage(512, blocks[3], 2)
+        self.linear = nn.Linear(512, num_classes)
+
+    def _stage(self, planes: int, n: int, stride: int) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(BasicBlock(self.in_planes, planes, s))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], *self.shape)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+def _as_image(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Images stay (C, H, W); a flat square vector (digits' 64 pixels) is viewed as one 8x8 channel."""
+    if len(shape) == 3:
+        return tuple(shape)  # type: ignore[return-value]
+    if len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]:
+        side = math.isqrt(shape[0])
+        return (1, side, side)
+    raise ValueError(f"a convolutional model needs image inputs (C, H, W), got shape {tuple(shape)}")
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The network `name` for inputs of `input_shape` (without the batch axis) and `num_classes` outputs."""
+    if name == "mlp":
+        return MLP(math.prod(input_shape), num_classes)
+    if name == "cnn":
+        return SmallCNN(input_shape, num_classes)
+    if name == "resnet18":
+        return CifarResNet((2, 2, 2, 2), input_shape, num_classes)
+    if name == "resnet34":
+        return CifarResNet((3, 4, 6, 3), input_shape, num_classes)
+    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
