@@ -1,0 +1,299 @@
+"""Campaigns: datasets x noise kinds x noise rates x arms, one Optuna study per condition.
+
+A campaign file (YAML):
+
+    name: quick                       # prefixes every study name
+    datasets: [digits]
+    noise:                            # kind -> nominal rates
+      symmetric: [0.2, 0.4]
+      asymmetric: [0.4]
+    arms:                             # losses compared, each with its search space (see search/space.py);
+      dal: {q_start: {low: 0.2, high: 1.0}, q_end: {low: 1.0, high: 2.0}}
+      gce: {q: 0.7}                   # a scalar is fixed; `arm: default` takes DEFAULT_SPACES[arm]
+      ce: {}
+    budget: {trials: 8, seeds: [0, 1]}   # trials per study; each trial trains once per seed (value = mean)
+    train: {epochs: 30, lr: 0.05}     # the base TrainConfig of every trial
+    sampler: tpe                      # tpe (multivariate, constant liar) | random | grid
+    pruner: none                      # none | median | hyperband
+    metric: val_acc                   # val_acc (noisy validation: honest selection) | test_acc | ...
+
+Each condition is the study `{name}/{arm}/{dataset}/{noise}-{rate}`, its condition and the whole campaign
+in the study's user_attrs, so a worker can join from the storage alone. The trial budget is laid down once,
+when the study is created, as WAITING trials ("slots"): workers only ever pop a slot, never create a trial,
+so a study ends with exactly `trials` slots run however many workers race for them. A slot that a dead
+worker held goes stale and is re-queued by the heartbeat retry callback; it keeps its place in the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from objectives.config import METRICS, NOISE_KINDS, ConfigError, TrainConfig
+from search.space import DEFAULT_SPACES, SpaceError, all_grid_points, grid_size, validate_space
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("none", "median", "hyperband")
+_KEYS = {"name", "datasets", "noise", "arms", "budget", "train", "sampler", "pruner", "metric", "description"}
+
+
+class CampaignError(ValueError):
+    """A campaign file or spec is invalid; the message is one line naming the field and the fix."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    campaign: str
+    arm: str
+    dataset: str
+    noise: str
+    noise_rate: float
+
+    @property
+    def study_name(self) -> str:
+        return f"{self.campaign}/{self.arm}/{self.dataset}/{self.noise}-{self.noise_rate:g}"
+
+
+@dataclass
+class Campaign:
+    name: str
+    datasets: list[str]
+    noise: dict[str, list[float]]
+    arms: dict[str, dict[str, Any]]
+    trials: int | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    train: dict[str, Any] = field(default_factory=dict)
+    sampler: str = "tpe"
+    pruner: str = "none"
+    metric: str = "val_acc"
+    description: str = ""
+
+    def conditions(self) -> list[Condition]:
+        return [Condition(self.name, arm, ds, kind, float(rate))
+                for ds in self.datasets for kind, rates in self.noise.items() for rate in rates
+                for arm in self.arms]
+
+    def base_config(self, c: Condition) -> TrainConfig:
+        return TrainConfig.from_dict({**self.train, "dataset": c.dataset, "noise": c.noise,
+                                      "noise_rate": c.noise_rate, "loss": c.arm, "seed": self.seeds[0]})
+
+    def budget(self, arm: str) -> int:
+        if self.sampler == "grid":
+            points = grid_size(self.arms[arm])
+            return points * max(1, math.ceil((self.trials or points) / points))
+        return int(self.trials or 20)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["budget"] = {"trials": d.pop("trials"), "seeds": d.pop("seeds")}
+        return d
+
+
+BUILTIN = Path(__file__).parent / "campaigns"
+
+
+def builtin_campaigns() -> list[str]:
+    return sorted(p.stem for p in BUILTIN.glob("*.yaml"))
+
+
+def load_campaign(path: str | Path) -> Campaign:
+    """A campaign from a YAML file, or a built-in one by name (`quick`, `paper`, ...)."""
+    p = Path(path)
+    if not p.exists() and (BUILTIN / f"{path}.yaml").exists():
+        p = BUILTIN / f"{path}.yaml"
+    if not p.exists():
+        raise CampaignError(f"campaign file {p} not found; give a YAML file or a built-in campaign: "
+                            f"{', '.join(builtin_campaigns())}")
+    try:
+        spec = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise CampaignError(f"campaign file {p} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    return parse_campaign(spec, source=str(p))
+
+
+def parse_campaign(spec: Any, source: str = "campaign") -> Campaign:
+    if not isinstance(spec, dict):
+        raise CampaignError(f"{source}: a campaign must be a YAML mapping with name, datasets, noise, arms, budget")
+    unknown = sorted(set(spec) - _KEYS)
+    if unknown:
+        raise CampaignError(f"{source}: unknown key {unknown[0]!r}; campaign keys are {', '.join(sorted(_KEYS))}")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise CampaignError(f"{source}: 'name' must be a non-empty string without '/'")
+    datasets = _as_list(spec.get("datasets", ["digits"]), "datasets", source)
+    noise = spec.get("noise", {"symmetric": [0.4]})
+    if not isinstance(noise, dict) or not noise:
+        raise CampaignError(f"{source}: 'noise' must map noise kinds to lists of rates, e.g. symmetric: [0.2, 0.4]")
+    noise_rates: dict[str, list[float]] = {}
+    for kind, rates in noise.items():
+        if kind not in NOISE_KINDS:
+            raise CampaignError(f"{source}: unknown noise kind {kind!r}; choose from {', '.join(NOISE_KINDS)}")
+        rates = _as_list(rates, f"noise.{kind}", source)
+        for r in rates:
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
+                raise CampaignError(f"{source}: noise.{kind} rate {r!r} must be a number in [0, 1)")
+        noise_rates[kind] = [float(r) for r in rates]
+    arms_spec = spec.get("arms", {"dal": "default"})
+    if isinstance(arms_spec, list):
+        arms_spec = {a: "default" for a in arms_spec}
+    if not isinstance(arms_spec, dict) or not arms_spec:
+        raise CampaignError(f"{source}: 'arms' must map loss names to search spaces, e.g. dal: default")
+    budget = spec.get("budget", {}) or {}
+    if not isinstance(budget, dict) or set(budget) - {"trials", "seeds"}:
+        raise CampaignError(f"{source}: 'budget' takes trials (per study) and seeds (list), e.g. {{trials: 8, seeds: [0, 1]}}")
+    trials = budget.get("trials")
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
+        raise CampaignError(f"{source}: budget.trials must be a positive integer, got {trials!r}")
+    seeds = budget.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(range(seeds))
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise CampaignError(f"{source}: budget.seeds must be a list of integers or a count, got {seeds!r}")
+    train = spec.get("train", {}) or {}
+    if not isinstance(train, dict):
+        raise CampaignError(f"{source}: 'train' must be a mapping of TrainConfig fields")
+    for k in ("dataset", "noise", "noise_rate", "loss", "seed"):
+        if k in train:
+            raise CampaignError(f"{source}: train.{k} is set by the campaign's conditions; remove it from 'train'")
+    sampler = spec.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise CampaignError(f"{source}: unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    pruner = str(spec.get("pruner", "none")).lower()
+    if pruner not in PRUNERS:
+        raise CampaignError(f"{source}: unknown pruner {pruner!r}; choose one of {', '.join(PRUNERS)}")
+    metric = spec.get("metric", "val_acc")
+    if metric not in METRICS:
+        raise CampaignError(f"{source}: unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+
+    arms: dict[str, dict[str, Any]] = {}
+    for arm, space in arms_spec.items():
+        if arm not in DEFAULT_SPACES:
+            raise CampaignError(f"{source}: unknown arm {arm!r}; arms are losses: {', '.join(DEFAULT_SPACES)}")
+        if space in ("default", None):
+            space = DEFAULT_SPACES[arm]
+        arms[arm] = space
+    camp = Campaign(name=name, datasets=[str(d) for d in datasets], noise=noise_rates, arms=arms, trials=trials,
+                    seeds=[int(s) for s in seeds], train=train, sampler=sampler, pruner=pruner, metric=metric,
+                    description=str(spec.get("description", "")))
+    # Every condition's base config and space must be valid before anything is written.
+    for c in camp.conditions():
+        try:
+            base = camp.base_config(c)
+        except ConfigError as e:
+            raise CampaignError(f"{source}: condition {c.study_name}: {e}") from None
+        try:
+            validate_space(camp.arms[c.arm], f"{source}: arms.{c.arm}", base)
+            if sampler == "grid":
+                grid_size(camp.arms[c.arm])
+        except SpaceError as e:
+            raise CampaignError(str(e)) from None
+    return camp
+
+
+def _as_list(value: Any, name: str, source: str) -> list[Any]:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return [value]
+    if not isinstance(value, list) or not value:
+        raise CampaignError(f"{source}: {name!r} must be a non-empty list")
+    return value
+
+
+# ------------------------------------------------------------------ studies in a storage
+
+def study_attrs(camp: Campaign, c: Condition) -> dict[str, Any]:
+    return {
+        "campaign": camp.name, "arm": c.arm, "dataset": c.dataset, "noise": c.noise,
+        "noise_rate": c.noise_rate, "metric": camp.metric, "seeds": camp.seeds,
+        "base_config": camp.base_config(c).to_dict(), "space": camp.arms[c.arm], "budget": camp.budget(c.arm),
+        "sampler": camp.sampler, "pruner": camp.pruner, "campaign_spec": camp.to_dict(),
+    }
+
+
+def create_studies(storage: optuna.storages.BaseStorage, camp: Campaign) -> list[str]:
+    """Create (or find) the campaign's studies and lay down their trial slots. Idempotent.
+
+    A study that exists with a different condition, space, budget or base config is an error: its trials
+    would not be comparable. Rename the campaign to start afresh.
+    """
+    names = []
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    for c in camp.conditions():
+        attrs = study_attrs(camp, c)
+        if c.study_name in existing:
+            old = existing[c.study_name].user_attrs
+            for key in ("base_config", "space", "budget", "seeds", "metric", "sampler"):
+                if _canon(old.get(key)) != _canon(attrs[key]):
+                    raise CampaignError(
+                        f"study {c.study_name} already exists with a different {key}; "
+                        f"give the campaign a new name to start a new search (nothing was changed)")
+        study = optuna.create_study(storage=storage, study_name=c.study_name, direction="maximize",
+                                    load_if_exists=True)
+        if c.study_name not in existing:
+            for k, v in attrs.items():
+                study.set_user_attr(k, v)
+        _lay_slots(study, camp, c)
+        names.append(c.study_name)
+    return names
+
+
+def _canon(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def _lay_slots(study: optuna.Study, camp: Campaign, c: Condition) -> None:
+    """Top the study up to its budget of slots (a driver killed while laying them just resumes)."""
+    budget = camp.budget(c.arm)
+    slots = [t for t in study.get_trials(deepcopy=False) if "failed_trial" not in t.system_attrs]
+    missing = budget - len(slots)
+    if missing <= 0:
+        return
+    if camp.sampler == "grid":
+        points = all_grid_points(camp.arms[c.arm])
+        for i in range(len(slots), budget):
+            study.enqueue_trial(points[i % len(points)], skip_if_exists=False)
+    else:
+        for _ in range(missing):
+            study.enqueue_trial({}, skip_if_exists=False)
+
+
+def campaign_study_names(storage: optuna.storages.BaseStorage, campaign: str | None) -> list[str]:
+    """The studies of `campaign` (all dal-search studies when None), in creation order."""
+    out = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        name = s.user_attrs.get("campaign")
+        if name is not None and (campaign is None or name == campaign):
+            out.append(s.study_name)
+    return out
+
+
+def progress(storage: optuna.storages.BaseStorage, names: list[str]) -> dict[str, int]:
+    """Counts over the campaign: slots done (complete, pruned, failed and not retried), running, waiting."""
+    counts = {"done": 0, "running": 0, "waiting": 0, "complete": 0, "pruned": 0, "failed": 0, "budget": 0}
+    for name in names:
+        study_id = storage.get_study_id_from_name(name)
+        counts["budget"] += int(storage.get_study_user_attrs(study_id).get("budget", 0))
+        trials = storage.get_all_trials(study_id, deepcopy=False)
+        retried = {t.system_attrs.get("failed_trial") for t in trials if "failed_trial" in t.system_attrs}
+        for t in trials:
+            if t.state == TrialState.COMPLETE:
+                counts["complete"] += 1
+            elif t.state == TrialState.PRUNED:
+                counts["pruned"] += 1
+            elif t.state == TrialState.RUNNING:
+                counts["running"] += 1
+            elif t.state == TrialState.WAITING:
+                counts["waiting"] += 1
+            elif t.state == TrialState.FAIL and t.number not in retried:
+                counts["failed"] += 1
+    counts["done"] = counts["complete"] + counts["pruned"] + counts["failed"]
+    return counts

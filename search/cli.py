@@ -1,0 +1,182 @@
+"""`dal-search`: train one config, run campaigns of Optuna studies, join them as a worker or a Ray pool,
+inspect, export, report and browse them.
+
+Every user mistake (a bad config, storage URL, data folder or flag) ends as ONE line on stderr naming the
+fix, and exit status 2; nothing already stored is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable
+
+DEFAULT_STORAGE = "sqlite:///runs/dal-search.db"
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Every exception type that means 'the input is wrong', from all three rooms."""
+    from objectives.config import ConfigError
+
+    kinds: list[type[BaseException]] = [UserError, ConfigError]
+    for module, name in (("objectives.data", "DataError"), ("objectives.noise", "NoiseError"),
+                         ("storage", "StorageError"), ("search.campaign", "CampaignError"),
+                         ("search.analysis", "NotEnoughTrials")):
+        try:
+            kinds.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(kinds)
+
+
+def _default_storage() -> str:
+    return os.environ.get("DAL_SEARCH_STORAGE", DEFAULT_STORAGE)
+
+
+# ---------------------------------------------------------------- train
+
+_FLAG_HELP = {
+    "dataset": "digits (embedded, no download), mnist, fashion-mnist, cifar10, cifar100",
+    "data_dir": "folder holding the torchvision datasets",
+    "download": "let torchvision download the dataset into --data-dir",
+    "val_fraction": "share of the (noisy) training pool held out as the noisy validation split",
+    "noise": "none, symmetric (paper: resample over all K), symmetric-exclusive, asymmetric, instance, file",
+    "noise_rate": "nominal noise rate r in [0, 1)",
+    "noise_file": "labels for --noise file: a .npy, or a CIFAR-N .pt as PATH.pt:KEY (e.g. :worse_label)",
+    "model": "auto (mlp for digits, cnn for MNIST, resnet18 for CIFAR), mlp, cnn, resnet18, resnet34",
+    "loss": "ce, mae, gce, sce, nce_rce, dal",
+    "q": "GCE's q",
+    "alpha": "SCE / NCE+RCE alpha",
+    "beta": "SCE / NCE+RCE beta",
+    "q_start": "DAL q_s (q at the first epoch)",
+    "q_end": "DAL q_e (q approached at the last epoch)",
+    "schedule": "shape of q(t): linear (paper), cosine, exponential, step, adaptive",
+    "bootstrap": "DAL bootstrap term: soft (entropy, paper's final form) or hard (argmax label)",
+    "bootstrap_scale": "multiplies lambda(i); 1 is the paper",
+    "threads": "torch CPU threads",
+    "amp": "bf16 autocast (default: on for CUDA, off on CPU)",
+    "augment": "random crop + flip (default: on for CIFAR)",
+}
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    from objectives.config import config_fields
+
+    g = p.add_argument_group("train config (each overrides --config)")
+    for f in config_fields():
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type)
+        help_text = _FLAG_HELP.get(f.name, f.name.replace("_", " "))
+        default_note = f" (default: {f.default})"
+        if kind.startswith("bool"):
+            g.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                           help=help_text + default_note)
+        else:
+            g.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+                           help=help_text + default_note)
+
+
+def _config_from_args(args: argparse.Namespace):
+    from objectives.config import TrainConfig, config_fields
+
+    values: dict[str, Any] = {}
+    if args.config:
+        from storage.export import load_train_config
+
+        values = load_train_config(args.config).to_dict()
+    for f in config_fields():
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    return TrainConfig.from_dict(values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    from objectives.train import train
+
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.epochs, desc=f"{config.loss} {config.dataset} {config.noise}-{config.noise_rate}",
+                   unit="ep", file=sys.stderr, dynamic_ncols=True)
+
+    def report(epoch: int, m: dict[str, float]) -> None:
+        if bar is not None:
+            bar.set_postfix(q=f"{m['q']:.2f}", lam=f"{m['lam']:.2f}", test=f"{m['test_acc']:.3f}",
+                            noisy_fit=f"{m['noisy_fit']:.2f}", refresh=False)
+            bar.update(1)
+
+    try:
+        result = train(config, report=report)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = {k: v for k, v in result.items() if k not in ("history", "config")}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    print(json.dumps(summary, indent=2))
+    return 0 if result["status"] == "ok" else 3
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dal-search",
+        description="Tune the Dynamics-Aware Loss (DAL) on noisy labels: one-off training runs, campaigns of "
+                    "Optuna studies on SQL storage, local or Ray workers, the dashboard, reports and "
+                    "exports of the best configs.",
+        epilog="Storage URLs: sqlite:///runs/x.db (default), postgresql+psycopg://user:pw@host/db, "
+               "journal:./runs/x.log, redis://host:6379/0, grpc://host:13000. "
+               "Run 'dal-search COMMAND --help' for each command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train one config and print a JSON summary",
+                       description="Train one config (digits by default: no download, seconds on a CPU) and "
+                                   "print a JSON summary: final and best test accuracy, how much of the noisy "
+                                   "part of the training set the net memorised, wall time and device.")
+    p.add_argument("--config", help="YAML/JSON train config, or a file written by 'dal-search export' "
+                                    "(PATH#STUDY picks one study of a campaign export)")
+    p.add_argument("--json", metavar="OUT", help="also write the full result (per-epoch history) to OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_train_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list[Callable[[Any], None]]:
+    """Commands of the search room, registered by their own modules."""
+    from search import commands
+
+    return commands.REGISTER
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("dal-search: interrupted; the storage is consistent (running trials were re-queued)",
+              file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        print(f"dal-search: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

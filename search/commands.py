@@ -1,0 +1,292 @@
+"""The campaign commands of `dal-search`: run, worker, pool, studies, export, report, dashboard, storage-proxy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from search.cli import UserError, _default_storage
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="sqlite:///runs/x.db, postgresql+psycopg://user:pw@host/db, journal:./runs/x.log, "
+                        "redis://host:6379/0 or grpc://host:13000 "
+                        "(default: $DAL_SEARCH_STORAGE or sqlite:///runs/dal-search.db)")
+
+
+def _open(args: argparse.Namespace):
+    from storage import open_storage
+
+    return open_storage(args.storage or _default_storage())
+
+
+# ------------------------------------------------------------------ run
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search.campaign import create_studies, load_campaign
+
+    camp = load_campaign(args.campaign)  # every error in the file surfaces before the storage is touched
+    if args.workers < 1:
+        raise UserError("--workers must be >= 1")
+    storage = _open(args)
+    names = create_studies(storage, camp)
+    url = args.storage or _default_storage()
+    total = sum(camp.budget(c.arm) for c in camp.conditions())
+    print(f"campaign {camp.name}: {len(names)} studies, {total} trials "
+          f"x {len(camp.seeds)} seed(s), {args.workers} worker(s) on {_describe(url)}", file=sys.stderr)
+    threads = args.threads or _threads_for(args.workers)
+    if args.workers == 1:
+        _run_in_process(storage, camp.name, names, threads, args.seed)
+    else:
+        _run_processes(url, storage, camp.name, names, args.workers, threads, args.seed)
+    _print_table(storage, camp.name)
+    return 0
+
+
+def _threads_for(workers: int) -> int:
+    from search.worker import default_threads
+
+    return default_threads(workers)
+
+
+def _describe(url: str) -> str:
+    try:
+        from storage import describe_storage
+
+        return describe_storage(url)
+    except ImportError:
+        return url
+
+
+def _progress_bar(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
+
+
+def _run_in_process(storage, campaign: str, names: list[str], threads: int, seed: int | None) -> None:
+    import torch
+
+    from search.campaign import progress
+    from search.worker import run_worker
+
+    torch.set_num_threads(threads)
+    counts = progress(storage, names)
+    bar = _progress_bar(counts["budget"])
+    bar.update(counts["done"])
+
+    def on_trial(study_name, frozen):
+        bar.update(1)
+        if frozen.value is not None:
+            bar.set_postfix_str(f"{study_name} #{frozen.number}: {frozen.value:.4f}", refresh=False)
+
+    try:
+        run_worker(storage, campaign, worker_seed=seed, on_trial=on_trial)
+    finally:
+        bar.close()
+
+
+def _run_processes(url: str, storage, campaign: str, names: list[str], workers: int, threads: int,
+                   seed: int | None) -> None:
+    from search.campaign import progress
+
+    cmd = [sys.executable, "-m", "search", "worker", "--storage", url, "--campaign", campaign,
+           "--threads", str(threads), "--quiet"]
+    procs = [subprocess.Popen(cmd + (["--seed", str(seed + i)] if seed is not None else []))
+             for i in range(workers)]
+    counts = progress(storage, names)
+    bar = _progress_bar(counts["budget"])
+    bar.update(counts["done"])
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(1.0)
+            counts = progress(storage, names)
+            bar.update(counts["done"] - bar.n)
+            bar.set_postfix(running=counts["running"], failed=counts["failed"], refresh=False)
+        counts = progress(storage, names)
+        bar.update(counts["done"] - bar.n)
+    except KeyboardInterrupt:
+        # The terminal sent SIGINT to the workers too; each re-queues its trial. Wait for them to finish that.
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait(timeout=60)
+        raise
+    finally:
+        bar.close()
+    bad = [p.returncode for p in procs if p.returncode not in (0,)]
+    if bad:
+        raise UserError(f"{len(bad)} worker(s) exited with status {bad}; see their messages above")
+
+
+# ------------------------------------------------------------------ worker
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import torch
+
+    from search.worker import default_threads, run_worker
+
+    storage = _open(args)
+    torch.set_num_threads(args.threads or default_threads(1))
+    bar = None if args.quiet else _progress_bar(args.max_trials or 0)
+
+    def on_trial(study_name, frozen):
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{study_name} #{frozen.number} {frozen.state.name}", refresh=False)
+
+    try:
+        stats = run_worker(storage, args.campaign, max_trials=args.max_trials, worker_seed=args.seed,
+                           on_trial=on_trial)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        print(f"worker done: {stats.complete} complete, {stats.pruned} pruned, {stats.failed} failed",
+              file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------ studies / export / report / dashboard / proxy
+
+def _print_table(storage, campaign: str | None, as_json: bool = False) -> None:
+    from storage.export import study_summaries
+
+    rows = study_summaries(storage)
+    if campaign:
+        rows = [r for r in rows if r.get("campaign") == campaign]
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        print("no dal-search studies in this storage")
+        return
+    cols = ("name", "complete", "running", "pruned", "failed", "waiting", "best_value", "best_trial")
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in cols))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    _print_table(_open(args), args.campaign, as_json=args.json)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from storage.export import export_best
+
+    if not args.study and not args.campaign:
+        raise UserError("export needs --study NAME or --campaign NAME ('dal-search studies' lists them)")
+    docs = export_best(_open(args), [args.study] if args.study else None, args.campaign, args.out)
+    print(f"wrote {len(docs)} best config(s) to {args.out}; re-run one with: dal-search train --config {args.out}"
+          + ("#STUDY" if len(docs) > 1 else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from search.report import push_to_dashboard, write_report
+
+    storage = _open(args)
+    path = write_report(storage, args.campaign, args.out, png_dir=args.png_dir)
+    if not args.no_dashboard:
+        push_to_dashboard(storage, args.campaign)
+    print(f"report written to {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from search.dashboard import run_dashboard
+
+    url = args.storage or _default_storage()
+    _open(args)  # a bad URL fails here with one line, before the server starts
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C stops it)", file=sys.stderr)
+    run_dashboard(url, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_storage_proxy(args: argparse.Namespace) -> int:
+    from storage import run_storage_proxy
+
+    url = args.storage or _default_storage()
+    print(f"Optuna gRPC storage proxy for {_describe(url)} on {args.host}:{args.port}", file=sys.stderr)
+    run_storage_proxy(url, host=args.host, port=args.port)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="create a campaign's studies and run them with local worker processes",
+                       description="Create one Optuna study per condition of CAMPAIGN (datasets x noise kinds x "
+                                   "rates x arms), lay down its trial budget, and run it with --workers local "
+                                   "processes. Re-running resumes: finished trials are kept, the rest run.")
+    p.add_argument("campaign", metavar="CAMPAIGN.yaml", help="campaign file, or a built-in campaign name (quick, paper, ...)")
+    _storage_arg(p)
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed of the first worker (others: +1, +2...)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("worker", help="join a campaign in a storage and run its trials until none are left",
+                       description="Join the campaign's studies in --storage (from any shell or machine) and run "
+                                   "trial slots until none is waiting or running.")
+    _storage_arg(p)
+    p.add_argument("--campaign", default=None, help="campaign name (default: every dal-search study)")
+    p.add_argument("--max-trials", type=int, default=None, help="stop after this many trials")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed (default: random, distinct per worker)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("studies", help="table of studies: trials done/running/failed, best value")
+    _storage_arg(p)
+    p.add_argument("--campaign", default=None)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_studies)
+
+    p = sub.add_parser("export", help="write the best trial(s) as YAML/JSON configs with provenance",
+                       description="Export the best trial of --study, or of every study of --campaign, as a file "
+                                   "that 'dal-search train --config FILE' re-runs exactly.")
+    _storage_arg(p)
+    p.add_argument("--study", default=None)
+    p.add_argument("--campaign", default=None)
+    p.add_argument("--out", "-o", required=True, help="output file (.yaml, .yml or .json)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="standalone HTML report (+PNGs) of a campaign; also pushed to the dashboard")
+    _storage_arg(p)
+    p.add_argument("--campaign", default=None)
+    p.add_argument("--out", "-o", default="runs/report.html")
+    p.add_argument("--png-dir", default=None, help="also write each figure as a PNG here")
+    p.add_argument("--no-dashboard", action="store_true", help="do not save the figures into the studies")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard for a storage (127.0.0.1 by default)")
+    _storage_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("storage-proxy", help="serve a storage over Optuna's gRPC proxy (grpc://HOST:PORT) for large pools")
+    _storage_arg(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=13000)
+    p.set_defaults(func=cmd_storage_proxy)
+
+
+REGISTER = [register]

@@ -1,0 +1,249 @@
+"""A worker: pops trial slots from a campaign's studies and trains them until none are left.
+
+The loop per trial: fail stale trials (their retry is queued by the storage's heartbeat callback), pop a
+WAITING slot atomically (never create a trial: the budget was laid down as slots), sample the open params
+with the study's sampler, train once per seed while a heartbeat thread keeps the trial alive, tell the
+result. A trial that cannot finish (non-finite loss, a config the trainer rejects) ends FAILED with its
+reason in user_attrs and the worker goes on. Ctrl-C / SIGTERM mid-trial marks the trial FAILED and re-queues
+its params as a retry slot, so the study stays consistent and its budget intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import optuna
+from optuna.storages import fail_stale_trials
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import TrialState, create_trial
+
+from objectives.config import ConfigError, TrainConfig
+from search.space import suggest
+
+log = logging.getLogger("dal-search.worker")
+SUMMARY_KEYS = ("test_acc", "best_test_acc", "val_acc", "best_val_acc", "test_acc_at_best_val", "noisy_fit",
+                "clean_fit")
+
+
+class TrialFailed(Exception):
+    """The trial cannot produce a value (non-finite loss, invalid config); the reason is in user_attrs."""
+
+
+@dataclass
+class WorkerStats:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed, n_startup_trials=5,
+                                          warn_independent_sampling=False)
+    # grid slots carry their point as fixed params; anything left open is drawn at random.
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=5)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | None = None) -> float:
+    """The objective: train the trial's config once per seed; the value is the mean of the study's metric."""
+    if train_fn is None:
+        from objectives.train import train as train_fn
+    attrs = study.user_attrs
+    metric = attrs.get("metric", "val_acc")
+    per_epoch_metric = metric.replace("best_", "")
+    params = suggest(trial, attrs.get("space", {}))
+    try:
+        base = TrainConfig.from_dict(attrs["base_config"])
+        configs = [base.replace(**params, seed=s) for s in attrs.get("seeds", [base.seed])]
+    except ConfigError as e:
+        trial.set_user_attr("fail_reason", f"invalid config: {e}")
+        raise TrialFailed(str(e)) from None
+
+    def report(epoch: int, m: dict[str, float]) -> None:
+        trial.report(m[per_epoch_metric], epoch)
+        if trial.should_prune():
+            trial.set_user_attr("fail_reason", f"pruned at epoch {epoch}: {per_epoch_metric} {m[per_epoch_metric]:.4f}")
+            raise optuna.TrialPruned(f"epoch {epoch}")
+
+    per_seed, first = [], None
+    t0 = time.perf_counter()
+    for k, cfg in enumerate(configs):
+        result = train_fn(cfg, report if k == 0 else None)
+        row = {"seed": cfg.seed, "status": result["status"], "realized_rate": result["realized_rate"],
+               "label_hash": result["label_hash"], "wall_time": result["wall_time"],
+               **{key: result[key] for key in SUMMARY_KEYS}}
+        per_seed.append(row)
+        if first is None:
+            first = result
+        if result["status"] != "ok":
+            trial.set_user_attr("per_seed", per_seed)
+            trial.set_user_attr("fail_reason", f"seed {cfg.seed}: {result['reason']}")
+            raise TrialFailed(result["reason"])
+    assert first is not None
+    attrs_out: dict[str, Any] = {
+        "train_config": configs[0].to_dict(), "seeds": [c.seed for c in configs], "per_seed": per_seed,
+        "realized_rate": first["realized_rate"], "label_hash": first["label_hash"], "device": first["device"],
+        "wall_time": time.perf_counter() - t0, "history": first["history"],
+    }
+    for key in SUMMARY_KEYS:
+        values = [r[key] for r in per_seed]
+        attrs_out[key] = statistics.fmean(values)
+        attrs_out[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+    for k, v in attrs_out.items():
+        trial.set_user_attr(k, v)
+    return attrs_out[metric]
+
+
+def pop_slot(study: optuna.Study) -> int | None:
+    """Atomically take one WAITING trial of `study` (as Study.ask does), or None. Never creates a trial."""
+    storage = study._storage
+    for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                return t._trial_id
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
+    """Fail an interrupted trial and queue its params again as a retry slot (same convention as Optuna's
+    heartbeat retry: system_attrs failed_trial / retry_history)."""
+    storage = study._storage
+    frozen = storage.get_trial(trial_id)
+    if frozen.state.is_finished():
+        return
+    storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+    storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    fixed = frozen.system_attrs.get("fixed_params", {})
+    params = {**frozen.params, **fixed}
+    history = list(frozen.system_attrs.get("retry_history", [])) + [frozen.number]
+    study.add_trial(create_trial(
+        state=TrialState.WAITING, params=None, distributions=None,
+        system_attrs={"failed_trial": frozen.number, "retry_history": history, "fixed_params": params}))
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None, *, max_trials: int | None = None,
+               worker_seed: int | None = None, poll: float = 2.0, on_trial: Callable[[str, optuna.trial.FrozenTrial], None] | None = None,
+               train_fn: Callable | None = None) -> WorkerStats:
+    """Run trial slots of `campaign` (every dal-search study when None) until none is left or running.
+
+    Waits while other workers hold running trials, since one of them may die and its slot be re-queued.
+    """
+    from search.campaign import campaign_study_names
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    names = campaign_study_names(storage, campaign)
+    if not names:
+        from search.campaign import CampaignError
+
+        raise CampaignError(f"no studies of campaign {campaign!r} in this storage; create them with "
+                            f"'dal-search run CAMPAIGN.yaml' (or 'dal-search studies' to list what is there)")
+    seed = worker_seed if worker_seed is not None else random.SystemRandom().randrange(2**31)
+    rng = random.Random(seed)
+    studies: dict[str, optuna.Study] = {}
+    for name in names:
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+        studies[name] = optuna.load_study(study_name=name, storage=storage,
+                                          sampler=make_sampler(attrs.get("sampler", "tpe"), rng.randrange(2**31)),
+                                          pruner=make_pruner(attrs.get("pruner", "none")))
+    stats = WorkerStats()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def _on_term(signum, frame):  # a pool or compose stop: leave like Ctrl-C
+        raise KeyboardInterrupt
+
+    if _in_main_thread():
+        signal.signal(signal.SIGTERM, _on_term)
+    try:
+        while max_trials is None or stats.total < max_trials:
+            order = list(studies.values())
+            rng.shuffle(order)
+            ran = False
+            for study in order:
+                fail_stale_trials(study)
+                trial_id = pop_slot(study)
+                if trial_id is None:
+                    continue
+                frozen = _run_slot(study, trial_id, train_fn, stats)
+                if on_trial is not None:
+                    on_trial(study.study_name, frozen)
+                ran = True
+                break
+            if ran:
+                continue
+            if not any(_has_running(s) for s in studies.values()):
+                return stats
+            time.sleep(poll)
+    finally:
+        if _in_main_thread():
+            signal.signal(signal.SIGTERM, previous)
+    return stats
+
+
+def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats) -> optuna.trial.FrozenTrial:
+    study._thread_local.cached_all_trials = None  # let the sampler see the newest trials
+    trial = optuna.Trial(study, trial_id)
+    state, value = TrialState.FAIL, None
+    with get_heartbeat_thread(trial_id, study._storage):
+        try:
+            value = run_trial(study, trial, train_fn)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except TrialFailed:
+            state = TrialState.FAIL
+        except KeyboardInterrupt:
+            requeue(study, trial_id, "interrupted (Ctrl-C or SIGTERM); re-queued")
+            raise
+        except Exception as e:  # a bug or an environment problem: record it, keep the worker alive
+            log.exception("trial %d of %s raised", trial.number, study.study_name)
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
+            state = TrialState.FAIL
+    if state == TrialState.COMPLETE:
+        frozen = study.tell(trial, value)
+        stats.complete += 1
+    else:
+        frozen = study.tell(trial, state=state)
+        if state == TrialState.PRUNED:
+            stats.pruned += 1
+        else:
+            stats.failed += 1
+    return frozen
+
+
+def _has_running(study: optuna.Study) -> bool:
+    return bool(study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def default_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
