@@ -22,9 +22,14 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace):
+    """The storage of --storage. Heartbeat settings come from the environment so that every process of a
+    pool (driver, workers, dashboard) agrees: DAL_SEARCH_HEARTBEAT (seconds, default 60) and
+    DAL_SEARCH_GRACE (seconds without a beat before a trial is stale, default 2 x heartbeat)."""
     from storage import open_storage
 
-    return open_storage(args.storage or _default_storage())
+    interval = int(os.environ.get("DAL_SEARCH_HEARTBEAT", "60"))
+    grace = int(os.environ.get("DAL_SEARCH_GRACE", str(2 * interval)))
+    return open_storage(args.storage or _default_storage(), heartbeat_interval=interval, grace_period=grace)
 
 
 # ------------------------------------------------------------------ run
@@ -38,6 +43,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     storage = _open(args)
     names = create_studies(storage, camp)
     url = args.storage or _default_storage()
+    if args.create_only:
+        print(f"campaign {camp.name}: {len(names)} studies ready; join with: dal-search worker --storage URL "
+              f"--campaign {camp.name}", file=sys.stderr)
+        return 0
     total = sum(camp.budget(c.arm) for c in camp.conditions())
     print(f"campaign {camp.name}: {len(names)} studies, {total} trials "
           f"x {len(camp.seeds)} seed(s), {args.workers} worker(s) on {_describe(url)}", file=sys.stderr)
@@ -240,6 +249,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores / workers)")
     p.add_argument("--seed", type=int, default=None, help="sampler seed of the first worker (others: +1, +2...)")
+    p.add_argument("--create-only", action="store_true", help="create the studies and their budget, run nothing")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("worker", help="join a campaign in a storage and run its trials until none are left",
@@ -289,4 +299,10 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_storage_proxy)
 
 
-REGISTER = [register]
+def _register_pool(sub) -> None:
+    from search.pool import register as register_pool
+
+    register_pool(sub)
+
+
+REGISTER = [register, _register_pool]

@@ -15,13 +15,14 @@ import os
 import random
 import signal
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
 from optuna.storages import fail_stale_trials
-from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState, create_trial
 
 from objectives.config import ConfigError, TrainConfig
@@ -30,6 +31,71 @@ from search.space import suggest
 log = logging.getLogger("dal-search.worker")
 SUMMARY_KEYS = ("test_acc", "best_test_acc", "val_acc", "best_val_acc", "test_acc_at_best_val", "noisy_fit",
                 "clean_fit")
+
+
+STORAGE_PATIENCE = float(os.environ.get("DAL_SEARCH_STORAGE_PATIENCE", "300"))
+
+
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    import sqlalchemy.exc
+
+    kinds: list[type[BaseException]] = [sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                                         optuna.exceptions.StorageInternalError, ConnectionError]
+    try:
+        import grpc
+
+        kinds.append(grpc.RpcError)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def retrying(fn: Callable, *args: Any, patience: float | None = None, **kwargs: Any) -> Any:
+    """Call `fn`, retrying with backoff while the storage is unreachable (a database restart, a network
+    blip), for up to `patience` seconds; then the last error propagates."""
+    deadline = time.monotonic() + (STORAGE_PATIENCE if patience is None else patience)
+    delay = 0.5
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except _storage_errors() as e:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("storage unavailable (%s); retrying in %.1f s", type(e).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+class Heartbeat:
+    """Records the trial's heartbeat every interval while the trial trains. Unlike Optuna's own thread it
+    survives a storage outage: a database restart mid-trial costs some missed beats, not the trial."""
+
+    def __init__(self, trial_id: int, storage: optuna.storages.BaseStorage) -> None:
+        self.trial_id, self.storage = trial_id, storage
+        interval = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "Heartbeat":
+        if self.interval is not None:
+            self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.trial_id}", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as e:  # noqa: BLE001 - keep beating once the storage is back
+                log.warning("heartbeat of trial id %d failed (%s); will retry", self.trial_id, type(e).__name__)
+            if self._stop.wait(timeout=self.interval):
+                return
 
 
 class TrialFailed(Exception):
@@ -63,7 +129,8 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | None = None) -> float:
+def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | None = None,
+              should_stop: Callable[[], bool] | None = None) -> float:
     """The objective: train the trial's config once per seed; the value is the mean of the study's metric."""
     if train_fn is None:
         from objectives.train import train as train_fn
@@ -79,15 +146,17 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | Non
         raise TrialFailed(str(e)) from None
 
     def report(epoch: int, m: dict[str, float]) -> None:
-        trial.report(m[per_epoch_metric], epoch)
-        if trial.should_prune():
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt  # a pool stop: re-queued like Ctrl-C
+        retrying(trial.report, m[per_epoch_metric], epoch)
+        if retrying(trial.should_prune):
             trial.set_user_attr("fail_reason", f"pruned at epoch {epoch}: {per_epoch_metric} {m[per_epoch_metric]:.4f}")
             raise optuna.TrialPruned(f"epoch {epoch}")
 
     per_seed, first = [], None
     t0 = time.perf_counter()
     for k, cfg in enumerate(configs):
-        result = train_fn(cfg, report if k == 0 else None)
+        result = train_fn(cfg, report if k == 0 else _stop_check(should_stop))
         row = {"seed": cfg.seed, "status": result["status"], "realized_rate": result["realized_rate"],
                "label_hash": result["label_hash"], "wall_time": result["wall_time"],
                **{key: result[key] for key in SUMMARY_KEYS}}
@@ -109,8 +178,18 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | Non
         attrs_out[key] = statistics.fmean(values)
         attrs_out[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
     for k, v in attrs_out.items():
-        trial.set_user_attr(k, v)
+        retrying(trial.set_user_attr, k, v)
     return attrs_out[metric]
+
+
+def _stop_check(should_stop: Callable[[], bool] | None):
+    if should_stop is None:
+        return None
+
+    def check(epoch: int, m: dict[str, float]) -> None:
+        if should_stop():
+            raise KeyboardInterrupt
+    return check
 
 
 def pop_slot(study: optuna.Study) -> int | None:
@@ -148,7 +227,7 @@ class _Stop(Exception):
 
 def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None, *, max_trials: int | None = None,
                worker_seed: int | None = None, poll: float = 2.0, on_trial: Callable[[str, optuna.trial.FrozenTrial], None] | None = None,
-               train_fn: Callable | None = None) -> WorkerStats:
+               train_fn: Callable | None = None, should_stop: Callable[[], bool] | None = None) -> WorkerStats:
     """Run trial slots of `campaign` (every dal-search study when None) until none is left or running.
 
     Waits while other workers hold running trials, since one of them may die and its slot be re-queued.
@@ -179,23 +258,23 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
     if _in_main_thread():
         signal.signal(signal.SIGTERM, _on_term)
     try:
-        while max_trials is None or stats.total < max_trials:
+        while (max_trials is None or stats.total < max_trials) and not (should_stop and should_stop()):
             order = list(studies.values())
             rng.shuffle(order)
             ran = False
             for study in order:
-                fail_stale_trials(study)
-                trial_id = pop_slot(study)
+                retrying(fail_stale_trials, study)
+                trial_id = retrying(pop_slot, study)
                 if trial_id is None:
                     continue
-                frozen = _run_slot(study, trial_id, train_fn, stats)
+                frozen = _run_slot(study, trial_id, train_fn, stats, should_stop)
                 if on_trial is not None:
                     on_trial(study.study_name, frozen)
                 ran = True
                 break
             if ran:
                 continue
-            if not any(_has_running(s) for s in studies.values()):
+            if not any(retrying(_has_running, s) for s in studies.values()):
                 return stats
             time.sleep(poll)
     finally:
@@ -204,30 +283,33 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
     return stats
 
 
-def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats) -> optuna.trial.FrozenTrial:
+def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
+              should_stop: Callable[[], bool] | None = None) -> optuna.trial.FrozenTrial:
     study._thread_local.cached_all_trials = None  # let the sampler see the newest trials
-    trial = optuna.Trial(study, trial_id)
+    trial = retrying(optuna.Trial, study, trial_id)
     state, value = TrialState.FAIL, None
-    with get_heartbeat_thread(trial_id, study._storage):
+    with Heartbeat(trial_id, study._storage):
         try:
-            value = run_trial(study, trial, train_fn)
+            value = run_trial(study, trial, train_fn, should_stop)
             state = TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
         except TrialFailed:
             state = TrialState.FAIL
         except KeyboardInterrupt:
-            requeue(study, trial_id, "interrupted (Ctrl-C or SIGTERM); re-queued")
+            retrying(requeue, study, trial_id, "interrupted (Ctrl-C, SIGTERM or a pool stop); re-queued")
+            if should_stop is not None and should_stop():
+                return study._storage.get_trial(trial_id)
             raise
         except Exception as e:  # a bug or an environment problem: record it, keep the worker alive
             log.exception("trial %d of %s raised", trial.number, study.study_name)
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
             state = TrialState.FAIL
     if state == TrialState.COMPLETE:
-        frozen = study.tell(trial, value)
+        frozen = retrying(study.tell, trial, value, skip_if_finished=True)
         stats.complete += 1
     else:
-        frozen = study.tell(trial, state=state)
+        frozen = retrying(study.tell, trial, state=state, skip_if_finished=True)
         if state == TrialState.PRUNED:
             stats.pruned += 1
         else:
@@ -240,8 +322,6 @@ def _has_running(study: optuna.Study) -> bool:
 
 
 def _in_main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 

@@ -1,0 +1,147 @@
+"""The Ray pool: one actor per worker slot, each running the same worker loop against the shared storage.
+
+Every actor asks Ray for `num_cpus` and `num_gpus` (a fraction such as 0.25 lets four small trials share a
+GPU; 0 runs the same code path on CPU-only machines) and runs `search.worker.run_worker` with its own
+sampler seed. Nothing is kept in Ray: the storage is the only state, so
+
+- an actor whose process dies (OOM, SIGKILL, a lost node) is restarted by Ray and re-joins; the trial it
+  held goes stale via its heartbeat and is re-queued for whichever worker is free;
+- Ctrl-C of the driver asks every actor to stop: each re-queues its running trial, then the driver leaves;
+- a database restart costs the actors a few failed connections, which the worker loop retries.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+
+def _actor_class():
+    import ray
+
+    @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=2)
+    class PoolWorker:
+        """Runs the worker loop; `stop()` runs on a second thread so it can interrupt `run()`."""
+
+        def __init__(self) -> None:
+            self._stop = threading.Event()
+
+        def run(self, storage_url: str, campaign: str | None, seed: int, threads: int) -> dict[str, Any]:
+            import torch
+
+            from search.worker import run_worker
+            from storage import open_storage
+
+            torch.set_num_threads(max(1, threads))
+            stats = run_worker(open_storage(storage_url), campaign, worker_seed=seed,
+                               should_stop=self._stop.is_set)
+            return {"pid": os.getpid(), "complete": stats.complete, "pruned": stats.pruned,
+                    "failed": stats.failed, "stopped": self._stop.is_set()}
+
+        def stop(self) -> None:
+            self._stop.set()
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    return PoolWorker
+
+
+def run_pool(storage_url: str, campaign: str | None, *, workers: int = 2, num_gpus: float = 0.0,
+             num_cpus: float = 1.0, address: str | None = None, seed: int = 0,
+             progress: bool = True, poll: float = 1.0) -> list[dict[str, Any]]:
+    """Run the campaign's remaining trials on `workers` Ray actors; returns each actor's counts."""
+    import ray
+
+    from search.campaign import campaign_study_names
+    from search.campaign import progress as count
+    from storage import open_storage
+
+    storage = open_storage(storage_url)
+    names = campaign_study_names(storage, campaign)
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [_project_root(),
+                                                                                      os.environ.get("PYTHONPATH")]))}})
+    bar = None
+    try:
+        Worker = _actor_class().options(num_cpus=num_cpus, num_gpus=num_gpus)
+        actors = [Worker.remote() for _ in range(workers)]
+        runs = [a.run.remote(storage_url, campaign, seed + i, int(max(1, num_cpus))) for i, a in enumerate(actors)]
+        if progress:
+            from tqdm import tqdm
+
+            c = count(storage, names)
+            bar = tqdm(total=c["budget"], initial=c["done"], desc="trials", unit="trial", file=sys.stderr,
+                       dynamic_ncols=True)
+        pending = list(runs)
+        try:
+            while pending:
+                _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll)
+                if bar is not None:
+                    c = count(storage, names)
+                    bar.update(c["done"] - bar.n)
+                    bar.set_postfix(running=c["running"], failed=c["failed"], refresh=False)
+        except KeyboardInterrupt:
+            for a in actors:
+                a.stop.remote()
+            ray.wait(runs, num_returns=len(runs), timeout=120)
+            raise
+        return ray.get(runs)
+    finally:
+        if bar is not None:
+            bar.close()
+        if owns_ray:
+            ray.shutdown()
+
+
+def _project_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cmd_pool(args) -> int:
+    from search.cli import UserError, _default_storage
+
+    url = args.storage or _default_storage()
+    campaign = args.campaign
+    if args.campaign_file:
+        from search.campaign import create_studies, load_campaign
+        from storage import open_storage
+
+        camp = load_campaign(args.campaign_file)
+        create_studies(open_storage(url), camp)
+        campaign = camp.name
+    if args.workers < 1:
+        raise UserError("--workers must be >= 1")
+    if args.num_gpus < 0 or args.num_cpus <= 0:
+        raise UserError("--num-gpus must be >= 0 and --num-cpus > 0")
+    t0 = time.perf_counter()
+    results = run_pool(url, campaign, workers=args.workers, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
+                       address=args.address, seed=args.seed, progress=not args.quiet)
+    done = sum(r["complete"] + r["pruned"] + r["failed"] for r in results)
+    print(f"pool done: {done} trials by {len(results)} workers in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    from search.commands import _storage_arg
+
+    p = sub.add_parser("pool", help="run a campaign's trials on a Ray cluster (one actor per worker slot)",
+                       description="Run the trials of a campaign on Ray actors that each request --num-gpus "
+                                   "(fractions share a GPU) and --num-cpus. Give a campaign file to create its "
+                                   "studies first, or --campaign NAME to join studies already in the storage.")
+    p.add_argument("campaign_file", nargs="?", metavar="CAMPAIGN.yaml", help="campaign file or built-in name")
+    _storage_arg(p)
+    p.add_argument("--campaign", default=None, help="name of a campaign already in the storage")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (HOST:PORT of a running head, or 'auto'); default: start a local one")
+    p.add_argument("--workers", type=int, default=2, help="actors (worker slots), default 2")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor; 0.25 = four actors per GPU")
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor (also its torch threads)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed of the first actor (others +1, +2...)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_pool)
