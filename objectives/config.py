@@ -52,7 +52,7 @@ class TrainConfig:
     # optimisation (the paper's protocol, scaled to the dataset by `epochs`)
     epochs: int = 100
     batch_size: int = 128
-    lr: float = 0.01
+    lr: float | None = None  # None: the paper's 0.01 (CIFAR, MNIST); 0.05 for digits' small MLP
     momentum: float = 0.9
     weight_decay: float = 1e-4
     augment: bool | None = None  # None: crop+flip for CIFAR, none otherwise
@@ -85,6 +85,11 @@ class TrainConfig:
         if self.model != "auto":
             return self.model
         return {"digits": "mlp", "mnist": "cnn", "fashion-mnist": "cnn"}.get(self.dataset, "resnet18")
+
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.05 if self.dataset == "digits" else 0.01
 
     def resolved_augment(self) -> bool:
         return self.dataset.startswith("cifar") if self.augment is None else self.augment
@@ -137,11 +142,12 @@ def validate(c: TrainConfig) -> None:
     _choice("noise", c.noise, NOISE_KINDS)
     _choice("model", c.model, MODELS)
     _choice("device", c.device, DEVICES)
-    for name in ("noise_rate", "q", "alpha", "beta", "q_start", "q_end", "bootstrap_scale", "lr",
+    for name in ("noise_rate", "q", "alpha", "beta", "q_start", "q_end", "bootstrap_scale", "resolved_lr",
                  "momentum", "weight_decay", "val_fraction"):
         v = getattr(c, name)
+        v = v() if callable(v) else v
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise ConfigError(f"config field {name!r} must be a finite number, got {v!r}")
+            raise ConfigError(f"config field {name.replace('resolved_', '')!r} must be a finite number, got {v!r}")
     if not 0.0 <= c.noise_rate < 1.0:
         raise ConfigError(f"noise_rate must be in [0, 1), got {c.noise_rate}")
     if c.noise == "file" and not c.noise_file:
@@ -158,7 +164,7 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError(f"epochs must be >= 1, got {c.epochs}")
     if c.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {c.batch_size}")
-    if c.lr <= 0:
+    if c.resolved_lr() <= 0:
         raise ConfigError(f"lr must be > 0, got {c.lr}")
     if not 0.0 < c.val_fraction < 0.5:
         raise ConfigError(f"val_fraction must be in (0, 0.5), got {c.val_fraction}")

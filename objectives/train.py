@@ -83,7 +83,7 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     model = build_model(config.resolved_model(), tuple(data.train_x.shape[1:]), data.num_classes).to(device)
     if device.type == "cuda" and x_train.dim() == 4:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
 
@@ -125,7 +125,7 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
         if not np.isfinite(train_loss):
             status = "nonfinite"
             reason = (f"loss became {train_loss} at epoch {epoch} "
-                      f"(lr {config.lr} may be too high for loss {config.loss!r})")
+                      f"(lr {config.resolved_lr()} may be too high for loss {config.loss!r})")
             break
         fits_given = preds == y_train
         train_acc = float(fits_given.float().mean())
