@@ -122,12 +122,16 @@ def _run_processes(url: str, storage, campaign: str, names: list[str], workers: 
         counts = progress(storage, names)
         bar.update(counts["done"] - bar.n)
     except KeyboardInterrupt:
-        # The terminal sent SIGINT to the workers too; each re-queues its trial. Wait for them to finish that.
+        # A terminal's Ctrl-C reaches the workers too (same process group) and each re-queues its trial.
+        # Workers that did not get it (the driver alone was signalled) are asked the same way.
+        deadline = time.time() + 3
+        while time.time() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.1)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
         for p in procs:
-            p.wait(timeout=60)
+            p.wait(timeout=120)
         raise
     finally:
         bar.close()

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import statistics
 import threading
 import time
@@ -33,6 +34,7 @@ SUMMARY_KEYS = ("test_acc", "best_test_acc", "val_acc", "best_val_acc", "test_ac
                 "clean_fit")
 
 
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 STORAGE_PATIENCE = float(os.environ.get("DAL_SEARCH_STORAGE_PATIENCE", "300"))
 
 
@@ -267,7 +269,13 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
                 trial_id = retrying(pop_slot, study)
                 if trial_id is None:
                     continue
-                frozen = _run_slot(study, trial_id, train_fn, stats, should_stop)
+                try:
+                    frozen = _run_slot(study, trial_id, train_fn, stats, should_stop)
+                except KeyboardInterrupt:
+                    _requeue_shielded(study, trial_id)
+                    if should_stop is not None and should_stop():
+                        return stats  # a pool asked us to stop: a clean exit, not an interruption
+                    raise
                 if on_trial is not None:
                     on_trial(study.study_name, frozen)
                 ran = True
@@ -286,6 +294,7 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
 def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
               should_stop: Callable[[], bool] | None = None) -> optuna.trial.FrozenTrial:
     study._thread_local.cached_all_trials = None  # let the sampler see the newest trials
+    retrying(study._storage.set_trial_user_attr, trial_id, "worker", WORKER_ID)
     trial = retrying(optuna.Trial, study, trial_id)
     state, value = TrialState.FAIL, None
     with Heartbeat(trial_id, study._storage):
@@ -296,11 +305,6 @@ def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
             state = TrialState.PRUNED
         except TrialFailed:
             state = TrialState.FAIL
-        except KeyboardInterrupt:
-            retrying(requeue, study, trial_id, "interrupted (Ctrl-C, SIGTERM or a pool stop); re-queued")
-            if should_stop is not None and should_stop():
-                return study._storage.get_trial(trial_id)
-            raise
         except Exception as e:  # a bug or an environment problem: record it, keep the worker alive
             log.exception("trial %d of %s raised", trial.number, study.study_name)
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
@@ -315,6 +319,21 @@ def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
         else:
             stats.failed += 1
     return frozen
+
+
+def _requeue_shielded(study: optuna.Study, trial_id: int) -> None:
+    """Re-queue an interrupted trial with SIGINT/SIGTERM held off, so a second Ctrl-C (or the driver's
+    forwarded signal) cannot leave it half-done and RUNNING."""
+    main = _in_main_thread()
+    old = {}
+    if main:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, signal.SIG_IGN)
+    try:
+        retrying(requeue, study, trial_id, "interrupted (Ctrl-C, SIGTERM or a pool stop); re-queued")
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _has_running(study: optuna.Study) -> bool:

@@ -1,0 +1,68 @@
+"""The Ray pool on a local Ray cluster with the real PostgreSQL: exact budgets, a SIGKILLed actor process,
+Ctrl-C of the driver. (Each test's driver starts and shuts down its own Ray.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from tests.test_search import _wait_for_running, cli, spawn, trials_of
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+ENV = {"RAY_AUTH_MODE": "disabled", "DAL_SEARCH_HEARTBEAT": "1", "DAL_SEARCH_GRACE": "4"}
+
+
+def test_two_actor_pool_finishes_the_budget_exactly(pg_url, campaign_file):
+    path = campaign_file(name="pool2", trials=6, epochs=3)
+    proc = cli("pool", path, "--storage", pg_url, "--workers", "2", "--num-cpus", "1", "--quiet", env=ENV)
+    assert "pool done: 6 trials by 2 workers" in proc.stderr
+    (trials,) = trials_of(pg_url, "pool2").values()
+    assert sorted(t.number for t in trials) == list(range(6))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both actors took trials
+
+
+def test_sigkill_of_an_actor_process_mid_trial(pg_url, campaign_file):
+    path = campaign_file(name="poolkill", trials=4, epochs=40)
+    driver = spawn("pool", path, "--storage", pg_url, "--workers", "2", "--quiet", env=ENV)
+    try:
+        running = _wait_for_running(pg_url, "poolkill")
+        deadline = time.time() + 30
+        while "worker" not in running.user_attrs and time.time() < deadline:
+            time.sleep(0.2)
+            running = next(t for t in next(iter(trials_of(pg_url, "poolkill").values())) if t.number == running.number)
+        pid = int(running.user_attrs["worker"].rsplit(":", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        assert driver.wait(timeout=300) == 0, driver.stderr.read()[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    (trials,) = trials_of(pg_url, "poolkill").values()
+    killed = next(t for t in trials if t.number == running.number)
+    assert killed.state == TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == killed.params
+    completes = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(completes) == 4 and len({t.number for t in completes}) == 4
+
+
+def test_ctrl_c_of_the_driver_requeues_running_trials(pg_url, campaign_file):
+    path = campaign_file(name="poolint", trials=4, epochs=80)
+    driver = spawn("pool", path, "--storage", pg_url, "--workers", "2", "--quiet", env=ENV)
+    _wait_for_running(pg_url, "poolint")
+    time.sleep(1.0)
+    driver.send_signal(signal.SIGINT)  # the driver only: it must stop the actors itself
+    assert driver.wait(timeout=180) == 130, driver.stderr.read()[-3000:]
+    (trials,) = trials_of(pg_url, "poolint").values()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    slots = [t for t in trials if "failed_trial" not in t.system_attrs]
+    assert len(slots) == 4
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert waiting  # the interrupted work is queued again
+    cli("pool", "--campaign", "poolint", "--storage", pg_url, "--workers", "2", "--quiet", env=ENV)
+    (trials,) = trials_of(pg_url, "poolint").values()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
