@@ -1,18 +1,29 @@
-"""Per-batch losses on logits (N, K) and integer labels (N,), each returning the batch mean.
+"""Per-batch losses on logits (N, K) and int64 labels (N,), each returning the batch mean as a scalar.
 
-All are computed in float32 whatever the logits' dtype (so bf16 autocast is safe), and are differentiable.
+p = softmax(z) for logits z, p_y the probability of the given (possibly noisy) label y, K the classes:
 
     ce        -log p_y
     mae       1 - p_y
     gce       (1 - p_y^q) / q, p clamped to [1e-6, 1] before the power (Zhang & Sabuncu 2018); q may exceed 1
     sce       alpha * CE + beta * RCE,   RCE = -log(1e-4) * (1 - p_y)
     nce_rce   alpha * NCE + beta * RCE,  NCE = (-log p_y) / (-sum_k log p_k)
-    dal       gce(q) + lam * L_BS / (q * ln K)     (PAPER.md; lam is the raw lambda(i))
+    dal       gce(q) + lam * L_BS / (q * ln K)      (PAPER.md; lam is the raw lambda(i) of the schedule)
               L_BS soft: mean(-sum_k p_k log(p_k + 1e-6)), gradient through p (the official code's final form)
-              L_BS hard: mean(-log p_yhat), yhat = argmax_k z_k (the first upload)
+              L_BS hard: mean(-log p_yhat), yhat = argmax_k z_k, no gradient through the argmax (first upload)
 
-Edge cases: NaN logits give a NaN loss (the trainer turns that into a failed run, never hides it); q -> 0
-makes GCE tend to CE; q = 1 makes GCE equal MAE; K = 1 is rejected for DAL (ln K = 0).
+Every loss casts the logits to float32 first, so it is safe under bf16/fp16 autocast, and every loss is
+differentiable with respect to the logits. Shared edge behaviour:
+
+- NaN or inf logits give a NaN loss; nothing here hides it (the trainer ends such a run with a clear status).
+- Labels must lie in [0, K). They are not range-checked: that would cost a device sync every step; an
+  out-of-range label fails inside PyTorch's gather / cross-entropy instead.
+- DAL at lam == 0 returns GCE itself and never computes L_BS, so DAL's early stage costs what GCE costs.
+
+>>> z = torch.tensor([[2.0, 0.0, 0.0]]); y = torch.tensor([0])
+>>> round(gce(z, y, 1.0).item(), 4) == round(mae(z, y).item(), 4)
+True
+>>> dal(z, y, 0.7, 0.0).item() == gce(z, y, 0.7).item()
+True
 """
 
 from __future__ import annotations
@@ -23,84 +34,153 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-P_MIN = 1e-6
-RCE_A = -math.log(1e-4)
+P_MIN = 1e-6  # GCE's clamp of p before the power, and the entropy's epsilon inside the log
+RCE_A = -math.log(1e-4)  # RCE's constant: log(0) of the one-hot target replaced by log(1e-4)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
 
 
-def _p_y(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.softmax(logits.float(), dim=1).gather(1, y.view(-1, 1)).squeeze(1)
+def _check(logits: torch.Tensor, y: torch.Tensor) -> None:
+    # shapes only: a wrong-length y would otherwise be gathered silently against the first rows
+    if logits.dim() != 2 or y.dim() != 1 or y.shape[0] != logits.shape[0]:
+        raise ValueError(f"losses take logits (N, K) and labels (N,); got {tuple(logits.shape)} and "
+                         f"{tuple(y.shape)}")
+
+
+def _check_q(q: float) -> None:
+    if not (q > 0 and math.isfinite(q)):  # also catches NaN
+        raise ValueError(f"GCE/DAL need a finite q > 0, got {q}")
+
+
+def _gce_from_p(p: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
+    p_y = p.gather(1, y.view(-1, 1)).clamp(P_MIN, 1.0)
+    return ((1.0 - p_y.pow(q)) / q).mean()
 
 
 def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy `mean(-log p_y)`, computed from log-softmax (stable for large logits)."""
+    _check(logits, y)
     return F.cross_entropy(logits.float(), y)
 
 
 def mae(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (1.0 - _p_y(logits, y)).mean()
+    """Mean absolute error to the one-hot label, halved: `mean(1 - p_y)`, in [0, 1]. Robust, slow to fit."""
+    _check(logits, y)
+    return (1.0 - F.softmax(logits.float(), dim=1).gather(1, y.view(-1, 1))).mean()
 
 
 def gce(logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
-    if q <= 0:
-        raise ValueError(f"GCE needs q > 0, got {q}")
-    p = _p_y(logits, y).clamp(P_MIN, 1.0)
-    return ((1.0 - p.pow(q)) / q).mean()
+    """Generalised cross-entropy `mean((1 - p_y^q) / q)` with p_y clamped to [1e-6, 1] before the power.
 
-
-def _rce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return RCE_A * (1.0 - _p_y(logits, y))
+    q -> 0 tends to CE (for p_y >= 1e-6), q = 1 is MAE, and q > 1 (DAL's late stage) weights confident,
+    easy examples more. Below the clamp (p_y < 1e-6) the gradient is zero: a sample the net is sure is
+    another class stops pulling, which is part of the robustness. Raises ValueError unless q is finite > 0.
+    """
+    _check(logits, y)
+    _check_q(q)
+    return _gce_from_p(F.softmax(logits.float(), dim=1), y, q)
 
 
 def sce(logits: torch.Tensor, y: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
-    return alpha * F.cross_entropy(logits.float(), y) + beta * _rce(logits, y).mean()
+    """Symmetric CE `alpha * CE + beta * RCE`, RCE = -log(1e-4) * (1 - p_y) (Wang et al. 2019)."""
+    _check(logits, y)
+    log_p_y = F.log_softmax(logits.float(), dim=1).gather(1, y.view(-1, 1))
+    return alpha * (-log_p_y).mean() + beta * RCE_A * (1.0 - log_p_y.exp()).mean()
 
 
 def nce_rce(logits: torch.Tensor, y: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+    """`alpha * NCE + beta * RCE` (Ma et al. 2020), NCE = (-log p_y) / (-sum_k log p_k), from log-softmax.
+
+    NCE lies in [0, 1]. K = 1 raises ValueError: then sum_k log p_k = 0 and NCE is 0 / 0.
+    """
+    _check(logits, y)
+    if logits.shape[1] < 2:
+        raise ValueError("NCE needs at least 2 classes (its denominator -sum_k log p_k is 0 when K = 1)")
     log_p = F.log_softmax(logits.float(), dim=1)
-    nce = log_p.gather(1, y.view(-1, 1)).squeeze(1) / log_p.sum(dim=1)
-    return alpha * nce.mean() + beta * _rce(logits, y).mean()
+    log_p_y = log_p.gather(1, y.view(-1, 1)).squeeze(1)
+    nce = log_p_y / log_p.sum(dim=1)  # the two minus signs cancel
+    return alpha * nce.mean() + beta * RCE_A * (1.0 - log_p_y.exp()).mean()
 
 
-def bootstrap_term(logits: torch.Tensor, kind: str = "soft") -> torch.Tensor:
-    """DAL's L_BS: the mean prediction entropy (soft) or the CE to the predicted label (hard)."""
-    z = logits.float()
+def _bootstrap_from_p(p: torch.Tensor, z: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "soft":
-        p = F.softmax(z, dim=1)
-        return (-(p * torch.log(p + P_MIN)).sum(dim=1)).mean()
+        return -(p * torch.log(p + P_MIN)).sum() / p.shape[0]
     if kind == "hard":
-        return F.cross_entropy(z, z.detach().argmax(dim=1))
+        # p_yhat is the largest probability, >= 1/K, so its log cannot underflow
+        return -p.gather(1, z.detach().argmax(dim=1, keepdim=True)).log().mean()
     raise ValueError(f"unknown bootstrap {kind!r}; choose soft or hard")
 
 
+def bootstrap_term(logits: torch.Tensor, kind: str = "soft") -> torch.Tensor:
+    """DAL's L_BS alone: soft `mean(-sum_k p_k log(p_k + 1e-6))` (prediction entropy, gradient through p)
+    or hard `mean(-log p_yhat)` with yhat = argmax_k z_k (CE to the net's own prediction)."""
+    z = logits.float()
+    return _bootstrap_from_p(F.softmax(z, dim=1), z, kind)
+
+
 def dal(logits: torch.Tensor, y: torch.Tensor, q: float, lam: float, bootstrap: str = "soft") -> torch.Tensor:
+    """Dynamics-Aware Loss for one epoch's (q, lam): `gce(q) + lam * L_BS / (q * ln K)` (PAPER.md).
+
+    `q` and `lam` are the schedule's raw q(i) and lambda(i); the 1 / (q ln K) scaling, which puts L_BS on
+    GCE's [0, 1/q] scale, happens here. `bootstrap` is "soft" (default) or "hard" (see `bootstrap_term`).
+    lam == 0 returns GCE without computing L_BS. Raises ValueError for K < 2 (ln K = 0), for q not finite
+    > 0, for lam < 0 or NaN, and for an unknown bootstrap. As q -> 0 with lam > 0 the bootstrap weight
+    lam / (q ln K) grows without bound; the schedules only give lam > 0 once q > 1.
+    """
+    _check(logits, y)
     k = logits.shape[1]
     if k < 2:
-        raise ValueError("DAL needs at least 2 classes (its bootstrap term is scaled by 1 / ln K)")
-    loss = gce(logits, y, q)
+        raise ValueError("DAL needs at least 2 classes (its bootstrap term is scaled by 1 / ln K, and ln 1 = 0)")
+    _check_q(q)
+    if not lam >= 0:
+        raise ValueError(f"DAL's lambda must be >= 0, got {lam}")
+    if bootstrap not in ("soft", "hard"):
+        raise ValueError(f"unknown bootstrap {bootstrap!r}; choose soft or hard")
+    z = logits.float()
+    p = F.softmax(z, dim=1)
+    loss = _gce_from_p(p, y, q)
     if lam == 0:  # the early stage: no bootstrap work at all, so DAL costs what GCE costs
         return loss
-    return loss + lam * bootstrap_term(logits, bootstrap) / (q * math.log(k))
+    # one softmax shared by both terms keeps the late stage cheap too
+    return loss + (lam / (q * math.log(k))) * _bootstrap_from_p(p, z, bootstrap)
 
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "ce": ce, "mae": mae, "gce": gce, "sce": sce, "nce_rce": nce_rce, "dal": dal,
 }
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
-
 
 def make_loss(config) -> LossFn:
-    """`fn(logits, y, q, lam)` for the config's loss. For DAL, q and lam are the epoch's schedule values and
-    lam is multiplied here by `config.bootstrap_scale` (1.0 = the paper); the other losses ignore both."""
+    """The per-batch loss of a `TrainConfig` as `fn(logits, y, q, lam) -> scalar`.
+
+    The trainer passes each epoch's schedule values q(i), lambda(i). DAL uses them, multiplies lam by
+    `config.bootstrap_scale` here (1.0 is the paper; 0 turns bootstrapping off) and uses `config.bootstrap`.
+    GCE uses `config.q`; SCE and NCE+RCE use `config.alpha` and `config.beta`; these and CE/MAE ignore q, lam.
+
+    >>> from objectives.config import TrainConfig
+    >>> fn = make_loss(TrainConfig(loss="gce", q=0.7))
+    >>> z, y = torch.zeros(2, 10), torch.tensor([1, 2])
+    >>> fn(z, y, 1.4, 0.5).item() == gce(z, y, 0.7).item()
+    True
+    """
     name = config.loss
     if name == "dal":
-        scale, kind = config.bootstrap_scale, config.bootstrap
-        return lambda z, y, q, lam: dal(z, y, q, lam * scale, kind)
+        scale, kind = float(config.bootstrap_scale), config.bootstrap
+
+        def dal_loss(logits, y, q, lam):
+            return dal(logits, y, q, lam * scale, kind)
+        return dal_loss
     if name == "gce":
-        return lambda z, y, q, lam: gce(z, y, config.q)
+        q_gce = float(config.q)
+        return lambda logits, y, q, lam: gce(logits, y, q_gce)
     if name in ("sce", "nce_rce"):
-        fn, a, b = LOSSES[name], config.alpha, config.beta
-        return lambda z, y, q, lam: fn(z, y, a, b)
+        fn, a, b = LOSSES[name], float(config.alpha), float(config.beta)
+        return lambda logits, y, q, lam: fn(logits, y, a, b)
     if name in ("ce", "mae"):
         fn = LOSSES[name]
-        return lambda z, y, q, lam: fn(z, y)
+        return lambda logits, y, q, lam: fn(logits, y)
     raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
+
+
+__all__ = ["ce", "mae", "gce", "sce", "nce_rce", "dal", "bootstrap_term", "LOSSES", "make_loss", "LossFn",
+           "P_MIN", "RCE_A"]
