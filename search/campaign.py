@@ -18,10 +18,11 @@ A campaign file (YAML):
     metric: val_acc                   # val_acc (noisy validation: honest selection) | test_acc | ...
 
 Each condition is the study `{name}/{arm}/{dataset}/{noise}-{rate}`, its condition and the whole campaign
-in the study's user_attrs, so a worker can join from the storage alone. The trial budget is laid down once,
-when the study is created, as WAITING trials ("slots"): workers only ever pop a slot, never create a trial,
-so a study ends with exactly `trials` slots run however many workers race for them. A slot that a dead
-worker held goes stale and is re-queued by the heartbeat retry callback; it keeps its place in the budget.
+in the study's user_attrs, so a worker can join from the storage alone. The trial budget is laid down as
+WAITING trials ("slots", a window at a time, see `top_up`): workers only ever pop a slot, never create a
+trial, so a study ends with exactly `trials` slots run however many workers race for them. A slot that a
+dead worker held goes stale and is re-queued by the heartbeat retry callback; it keeps its place in the
+budget.
 """
 
 from __future__ import annotations
@@ -250,20 +251,40 @@ def _canon(v: Any) -> str:
     return json.dumps(v, sort_keys=True, default=str)
 
 
+SLOT_WINDOW = 8  # WAITING slots kept ahead of the workers when the storage can lock
+
+
 def _lay_slots(study: optuna.Study, camp: Campaign, c: Condition) -> None:
-    """Top the study up to its budget of slots (a driver killed while laying them just resumes)."""
-    budget = camp.budget(c.arm)
-    slots = [t for t in study.get_trials(deepcopy=False) if "failed_trial" not in t.system_attrs]
-    missing = budget - len(slots)
-    if missing <= 0:
-        return
-    if camp.sampler == "grid":
-        points = all_grid_points(camp.arms[c.arm])
-        for i in range(len(slots), budget):
-            study.enqueue_trial(points[i % len(points)], skip_if_exists=False)
-    else:
-        for _ in range(missing):
-            study.enqueue_trial({}, skip_if_exists=False)
+    top_up(study, camp.budget(c.arm), all_grid_points(camp.arms[c.arm]) if camp.sampler == "grid" else None)
+
+
+def top_up(study: optuna.Study, budget: int, grid_points: list[dict[str, Any]] | None = None) -> int:
+    """Lay WAITING slots until the study holds `budget` slots in all, at most SLOT_WINDOW of them waiting.
+
+    Workers only ever pop slots, so a study never runs more than its budget. Slots are laid a window at a
+    time because every unfinished trial is re-read by every sampler and pruner call: a budget of 1,000
+    laid at once would make each trial read 1,000 rows. Counting and laying happen under a storage-wide
+    lock; a storage without one (gRPC proxy, in-memory) gets its whole budget laid at once instead.
+    Returns how many slots were laid."""
+    from storage.locks import storage_lock, supports_lock
+
+    def lay() -> int:
+        trials = study.get_trials(deepcopy=False)
+        slots = [t for t in trials if "failed_trial" not in t.system_attrs]
+        waiting = sum(t.state == TrialState.WAITING for t in slots)
+        n = budget - len(slots)
+        if locking:
+            n = min(n, SLOT_WINDOW - waiting)
+        for i in range(len(slots), len(slots) + max(0, n)):
+            params = grid_points[i % len(grid_points)] if grid_points else {}
+            study.enqueue_trial(params, user_attrs={"slot": i}, skip_if_exists=False)
+        return max(0, n)
+
+    locking = supports_lock(study._storage)
+    if not locking:
+        return lay()
+    with storage_lock(study._storage, f"slots:{study.study_name}"):
+        return lay()
 
 
 def campaign_study_names(storage: optuna.storages.BaseStorage, campaign: str | None) -> list[str]:

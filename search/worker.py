@@ -30,6 +30,7 @@ from objectives.config import ConfigError, TrainConfig
 from search.space import suggest
 
 log = logging.getLogger("dal-search.worker")
+REPORTS_PER_TRIAL = 10
 SUMMARY_KEYS = ("test_acc", "best_test_acc", "val_acc", "best_val_acc", "test_acc_at_best_val", "noisy_fit",
                 "clean_fit")
 
@@ -117,8 +118,7 @@ class WorkerStats:
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     if name == "tpe":
-        return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed, n_startup_trials=5,
-                                          warn_independent_sampling=False)
+        return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed, n_startup_trials=5)
     # grid slots carry their point as fixed params; anything left open is drawn at random.
     return optuna.samplers.RandomSampler(seed=seed)
 
@@ -147,11 +147,18 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | Non
         trial.set_user_attr("fail_reason", f"invalid config: {e}")
         raise TrialFailed(str(e)) from None
 
+    # Intermediate values go to the storage at ~REPORTS_PER_TRIAL checkpoints, not every epoch: each is a
+    # write, and each pruning decision reads the study, which would cost more than a small trial's epochs.
+    every = max(1, configs[0].epochs // REPORTS_PER_TRIAL)
+    prunes = attrs.get("pruner", "none") != "none"
+
     def report(epoch: int, m: dict[str, float]) -> None:
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt  # a pool stop: re-queued like Ctrl-C
+        if (epoch + 1) % every and epoch + 1 != configs[0].epochs:
+            return
         retrying(trial.report, m[per_epoch_metric], epoch)
-        if retrying(trial.should_prune):
+        if prunes and retrying(trial.should_prune):
             trial.set_user_attr("fail_reason", f"pruned at epoch {epoch}: {per_epoch_metric} {m[per_epoch_metric]:.4f}")
             raise optuna.TrialPruned(f"epoch {epoch}")
 
@@ -267,6 +274,8 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
             for study in order:
                 retrying(fail_stale_trials, study)
                 trial_id = retrying(pop_slot, study)
+                if trial_id is None and retrying(_top_up, study):
+                    trial_id = retrying(pop_slot, study)
                 if trial_id is None:
                     continue
                 try:
@@ -319,6 +328,15 @@ def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
         else:
             stats.failed += 1
     return frozen
+
+
+def _top_up(study: optuna.Study) -> int:
+    from search.campaign import top_up
+    from search.space import all_grid_points
+
+    attrs = study.user_attrs
+    grid = all_grid_points(attrs.get("space", {})) if attrs.get("sampler") == "grid" else None
+    return top_up(study, int(attrs.get("budget", 0)), grid)
 
 
 def _requeue_shielded(study: optuna.Study, trial_id: int) -> None:
