@@ -66,3 +66,25 @@ def test_ctrl_c_of_the_driver_requeues_running_trials(pg_url, campaign_file):
     cli("pool", "--campaign", "poolint", "--storage", pg_url, "--workers", "2", "--quiet", env=ENV)
     (trials,) = trials_of(pg_url, "poolint").values()
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+
+
+@pytest.mark.skipif(__import__("tests.pgserver", fromlist=["available"]).available() is not None,
+                    reason="cannot start a private PostgreSQL here")
+def test_database_restart_mid_campaign_workers_reconnect_and_finish(campaign_file):
+    from tests.pgserver import private_postgres
+
+    with private_postgres() as server:
+        path = campaign_file(name="pgrestart", trials=4, epochs=40)
+        env = {**ENV, "DAL_SEARCH_GRACE": "20"}  # the outage is shorter than the grace: no trial goes stale
+        driver = spawn("pool", path, "--storage", server.url, "--workers", "2", "--quiet", env=env)
+        try:
+            _wait_for_running(server.url, "pgrestart")
+            server.restart(downtime=3.0)  # every connection in every worker is cut
+            assert driver.wait(timeout=300) == 0, driver.stderr.read()[-3000:]
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+        (trials,) = trials_of(server.url, "pgrestart").values()
+        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+        assert len([t for t in trials if "failed_trial" not in t.system_attrs]) == 4
