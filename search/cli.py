@@ -99,6 +99,8 @@ def _config_from_args(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
+    if args.seeds:
+        return _train_seeds(config, args)
     from objectives.train import train
 
     bar = None
@@ -127,6 +129,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result["status"] == "ok" else 3
 
 
+def _train_seeds(config, args: argparse.Namespace) -> int:
+    """The config once per seed; prints each seed's summary and the mean and std over seeds."""
+    import statistics
+
+    from objectives.train import train
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds takes a comma-separated list of integers, got {args.seeds!r}") from None
+    keys = ("test_acc", "best_test_acc", "val_acc", "noisy_fit", "clean_fit", "realized_rate", "wall_time")
+    rows = []
+    for seed in seeds:
+        r = train(config.replace(seed=seed))
+        rows.append({"seed": seed, "status": r["status"], **{k: r[k] for k in keys}})
+        if not args.quiet:
+            print(f"seed {seed}: test {r['test_acc']:.4f} (best {r['best_test_acc']:.4f}), "
+                  f"noisy fit {r['noisy_fit']:.3f}, {r['wall_time']:.1f} s", file=sys.stderr)
+    summary = {"config": config.to_dict(), "seeds": rows,
+               "mean": {k: statistics.fmean(r[k] for r in rows) for k in keys},
+               "std": {k: statistics.pstdev([r[k] for r in rows]) for k in keys}}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(summary, fh, indent=2)
+    print(json.dumps({"mean": summary["mean"], "std": summary["std"], "seeds": seeds}, indent=2))
+    return 0 if all(r["status"] == "ok" for r in rows) else 3
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(PATH#STUDY picks one study of a campaign export)")
     p.add_argument("--json", metavar="OUT", help="also write the full result (per-epoch history) to OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--seeds", metavar="S1,S2,...", help="train once per seed and print mean and std over seeds")
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
 
