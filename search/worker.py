@@ -28,6 +28,7 @@ from optuna.trial import TrialState, create_trial
 
 from objectives.config import ConfigError, TrainConfig
 from search.space import suggest
+from storage.attrs import set_trial_user_attrs
 
 log = logging.getLogger("dal-search.worker")
 REPORTS_PER_TRIAL = 10
@@ -186,8 +187,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | Non
         values = [r[key] for r in per_seed]
         attrs_out[key] = statistics.fmean(values)
         attrs_out[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
-    for k, v in attrs_out.items():
-        retrying(trial.set_user_attr, k, v)
+    retrying(set_trial_user_attrs, study._storage, trial._trial_id, attrs_out)
     return attrs_out[metric]
 
 
