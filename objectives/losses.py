@@ -11,8 +11,9 @@ p = softmax(z) for logits z, p_y the probability of the given (possibly noisy) l
               L_BS soft: mean(-sum_k p_k log(p_k + 1e-6)), gradient through p (the official code's final form)
               L_BS hard: mean(-log p_yhat), yhat = argmax_k z_k, no gradient through the argmax (first upload)
 
-Every loss casts the logits to float32 first, so it is safe under bf16/fp16 autocast, and every loss is
-differentiable with respect to the logits. Shared edge behaviour:
+Every loss computes in float32 at least (bf16/fp16 logits are cast first, so autocast is safe; float64
+logits stay float64), returns a float32 scalar for low-precision logits, and is differentiable with respect
+to the logits. Shared edge behaviour:
 
 - NaN or inf logits give a NaN loss; nothing here hides it (the trainer ends such a run with a clear status).
 - Labels must lie in [0, K). They are not range-checked: that would cost a device sync every step; an
@@ -42,9 +43,14 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
 
 def _check(logits: torch.Tensor, y: torch.Tensor) -> None:
     # shapes only: a wrong-length y would otherwise be gathered silently against the first rows
-    if logits.dim() != 2 or y.dim() != 1 or y.shape[0] != logits.shape[0]:
-        raise ValueError(f"losses take logits (N, K) and labels (N,); got {tuple(logits.shape)} and "
-                         f"{tuple(y.shape)}")
+    if logits.dim() != 2 or y.dim() != 1 or y.shape[0] != logits.shape[0] or logits.shape[0] == 0:
+        raise ValueError(f"losses take logits (N, K) and labels (N,) with N >= 1; got {tuple(logits.shape)} "
+                         f"and {tuple(y.shape)}")
+
+
+def _f32(logits: torch.Tensor) -> torch.Tensor:
+    # at least float32: bf16/fp16 logits under autocast are upcast; float64 stays float64 (gradcheck)
+    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 def _check_q(q: float) -> None:
@@ -60,13 +66,13 @@ def _gce_from_p(p: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
 def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy `mean(-log p_y)`, computed from log-softmax (stable for large logits)."""
     _check(logits, y)
-    return F.cross_entropy(logits.float(), y)
+    return F.cross_entropy(_f32(logits), y)
 
 
 def mae(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean absolute error to the one-hot label, halved: `mean(1 - p_y)`, in [0, 1]. Robust, slow to fit."""
     _check(logits, y)
-    return (1.0 - F.softmax(logits.float(), dim=1).gather(1, y.view(-1, 1))).mean()
+    return (1.0 - F.softmax(_f32(logits), dim=1).gather(1, y.view(-1, 1))).mean()
 
 
 def gce(logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
@@ -78,13 +84,13 @@ def gce(logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
     """
     _check(logits, y)
     _check_q(q)
-    return _gce_from_p(F.softmax(logits.float(), dim=1), y, q)
+    return _gce_from_p(F.softmax(_f32(logits), dim=1), y, q)
 
 
 def sce(logits: torch.Tensor, y: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
     """Symmetric CE `alpha * CE + beta * RCE`, RCE = -log(1e-4) * (1 - p_y) (Wang et al. 2019)."""
     _check(logits, y)
-    log_p_y = F.log_softmax(logits.float(), dim=1).gather(1, y.view(-1, 1))
+    log_p_y = F.log_softmax(_f32(logits), dim=1).gather(1, y.view(-1, 1))
     return alpha * (-log_p_y).mean() + beta * RCE_A * (1.0 - log_p_y.exp()).mean()
 
 
@@ -96,26 +102,28 @@ def nce_rce(logits: torch.Tensor, y: torch.Tensor, alpha: float = 1.0, beta: flo
     _check(logits, y)
     if logits.shape[1] < 2:
         raise ValueError("NCE needs at least 2 classes (its denominator -sum_k log p_k is 0 when K = 1)")
-    log_p = F.log_softmax(logits.float(), dim=1)
+    log_p = F.log_softmax(_f32(logits), dim=1)
     log_p_y = log_p.gather(1, y.view(-1, 1)).squeeze(1)
     nce = log_p_y / log_p.sum(dim=1)  # the two minus signs cancel
     return alpha * nce.mean() + beta * RCE_A * (1.0 - log_p_y.exp()).mean()
 
 
-def _bootstrap_from_p(p: torch.Tensor, z: torch.Tensor, kind: str) -> torch.Tensor:
+def _bootstrap_sum(p: torch.Tensor, z: torch.Tensor, kind: str) -> torch.Tensor:
+    """-N * L_BS, i.e. the batch sum of sum_k p_k log(p_k + 1e-6) (soft) or of log p_yhat (hard): the sign
+    and the 1/N are left to the caller, which folds them into one scalar weight (fewer ops per step)."""
     if kind == "soft":
-        return -(p * torch.log(p + P_MIN)).sum() / p.shape[0]
+        return torch.xlogy(p, p + P_MIN).sum()  # xlogy(p, p + eps) = p * log(p + eps), one op
     if kind == "hard":
         # p_yhat is the largest probability, >= 1/K, so its log cannot underflow
-        return -p.gather(1, z.detach().argmax(dim=1, keepdim=True)).log().mean()
+        return p.gather(1, z.detach().argmax(dim=1, keepdim=True)).log().sum()
     raise ValueError(f"unknown bootstrap {kind!r}; choose soft or hard")
 
 
 def bootstrap_term(logits: torch.Tensor, kind: str = "soft") -> torch.Tensor:
     """DAL's L_BS alone: soft `mean(-sum_k p_k log(p_k + 1e-6))` (prediction entropy, gradient through p)
     or hard `mean(-log p_yhat)` with yhat = argmax_k z_k (CE to the net's own prediction)."""
-    z = logits.float()
-    return _bootstrap_from_p(F.softmax(z, dim=1), z, kind)
+    z = _f32(logits)
+    return -_bootstrap_sum(F.softmax(z, dim=1), z, kind) / z.shape[0]
 
 
 def dal(logits: torch.Tensor, y: torch.Tensor, q: float, lam: float, bootstrap: str = "soft") -> torch.Tensor:
@@ -136,13 +144,14 @@ def dal(logits: torch.Tensor, y: torch.Tensor, q: float, lam: float, bootstrap: 
         raise ValueError(f"DAL's lambda must be >= 0, got {lam}")
     if bootstrap not in ("soft", "hard"):
         raise ValueError(f"unknown bootstrap {bootstrap!r}; choose soft or hard")
-    z = logits.float()
+    z = _f32(logits)
     p = F.softmax(z, dim=1)
     loss = _gce_from_p(p, y, q)
     if lam == 0:  # the early stage: no bootstrap work at all, so DAL costs what GCE costs
         return loss
-    # one softmax shared by both terms keeps the late stage cheap too
-    return loss + (lam / (q * math.log(k))) * _bootstrap_from_p(p, z, bootstrap)
+    # one softmax shared by both terms, and L_BS's weight lam / (q ln K), its sign and its 1/N folded into
+    # one scalar, keep the late stage cheap too
+    return torch.add(loss, _bootstrap_sum(p, z, bootstrap), alpha=-lam / (q * math.log(k) * z.shape[0]))
 
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {

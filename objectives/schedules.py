@@ -1,30 +1,55 @@
 """DAL's per-epoch (q, lambda): the paper's linear rule and other shapes of the same trade-off.
 
-Every static shape moves q from q_s towards q_e along a progress function f of the epoch fraction x = i/E:
+Every static shape moves q from q_s towards q_e along a progress function f: [0, 1) -> [0, 1) of the epoch
+fraction x = i / E (epoch index i = 0..E-1), and switches bootstrapping on once q has passed 1:
 
     q(i)      = q_s + (q_e - q_s) * f(i / E)
-    t0        = the fractional epoch at which q crosses 1:  E * f^-1((1 - q_s) / (q_e - q_s))
-    lambda(i) = max(0, (i - t0) / (E - t0))           (0 while q <= 1, then rising linearly to ~1)
+    t0        = the fractional epoch at which q crosses 1:  E * f^-1(c),  c = (1 - q_s) / (q_e - q_s)
+    lambda(i) = max(0, (i - t0) / (E - t0))     and 0 whenever q(i) <= 1
 
-    linear       f(x) = x                              the paper's rule: t0 = (1 - q_s) E / (q_e - q_s)
-    cosine       f(x) = (1 - cos(pi x)) / 2            slow start, slow finish
-    exponential  f(x) = (e^(k x) - 1) / (e^k - 1)      stays in the fitting regime longer (k = 3)
-    step         f(x) = floor(n x) / n                 n plateaus (n = 4); t0 is the epoch where q jumps past 1
+    linear       f(x) = x                           the paper's rule: t0 = (1 - q_s) E / (q_e - q_s)
+    cosine       f(x) = (1 - cos(pi x)) / 2         slow start and slow finish    t0 = E acos(1 - 2c) / pi
+    exponential  f(x) = (e^(k x) - 1) / (e^k - 1)   k = 3: stays longer in the fitting regime (k < 0: shorter)
+                                                    t0 = E ln(1 + c (e^k - 1)) / k
+    step         f(x) = floor(n x) / n              n = `steps` = 4 plateaus of constant q
+                                                    t0 = E j / n for the first plateau j with q > 1 strictly
 
-Edges: q_e <= 1 means q never crosses 1, so lambda stays 0 (no bootstrapping). q_e == q_s is a constant q.
-q_s >= 1 (q starts past 1): t0 is the paper's formula, negative, so lambda is positive from epoch 0.
+So lambda is 0 while q <= 1 and then rises linearly in the epoch to about 1 at the end, for every shape,
+and `linear` is PAPER.md's rule to float precision. For `step`, a plateau at exactly q = 1 is not past 1,
+so bootstrapping waits for the next plateau (as the paper's lambda is 0 at q = 1 exactly).
 
-`adaptive` (the paper's open question 1: a rule driven by the network's learning status). The trainer feeds
-the status s_i = the fraction of training samples the net predicts as their given label, measured during
-the previous epoch. Its rise is the learning: first the clean majority is fitted, then further rise means
-the net starts memorising wrong labels, which is exactly when DAL should turn robust. So progress is
+Edges: q_e <= 1: q never passes 1, so lambda stays 0. q_e == q_s: constant q with no division by zero:
+lambda = 0 if q <= 1, else 1 for every epoch (the limit of the paper's rule as q_e -> q_s, where t0 -> -inf).
+q_s > 1: q is past 1 from the start; every shape uses the paper's t0 (negative, the linear extrapolation of
+the crossing), so lambda is already positive at epoch 0. If t0 >= E (a step shape that never passes 1
+within the run), lambda stays 0.
 
-    p_i = max(p_{i-1}, clip((s_i - s_0) / (target - s_0), 0, 1), min_pace * i / E)
+Adaptive (PAPER.md's open question 1: a rule driven by the network's learning status). The trainer feeds the
+status s = the fraction of training samples the net predicts as their given label, measured on the previous
+epoch. Under label noise that agreement rises in two phases: the net first fits the clean majority, then it
+starts to memorise wrong labels; DAL's idea is to turn robust (q > 1, bootstrapping) exactly when the first
+phase is done, which is when the agreement has risen most of the way. So progress follows the agreement:
 
-with s_0 the first status seen, `target` (0.95) the agreement at which q should have reached q_e, and a pace
-floor (`min_pace` 0.5) so q keeps rising even if the status stalls. q and lambda follow from p as from f(x)
-above: q = q_s + (q_e - q_s) p, lambda = max(0, (p - c) / (1 - c)) with c = (1 - q_s) / (q_e - q_s).
-Progress never goes back: a net that un-learns does not make the loss less robust again.
+    p_i = max(p_{i-1},  clip((s_i - s_0) / (target - s_0), 0, 1),  min_pace * i / E)
+    q   = q_s + (q_e - q_s) * p_i
+    lambda = max(0, (p_i - c) / (1 - c)),  c = (1 - q_s) / (q_e - q_s)   (the linear rule, in p instead of i/E)
+
+with s_0 the first status seen (the starting point, so a net that starts at chance agreement and one that
+starts at 50 % are treated alike) and `target` = 0.9 the agreement at which q should have reached q_e. The
+running max keeps p monotone: a net that un-learns for an epoch (a learning-rate bump) does not make the loss
+less robust again. The pace floor `min_pace * i / E` (min_pace = 0.5) makes q rise even when the status
+stalls (heavy noise, where the agreement never reaches `target`); with min_pace = 1 the rule is never slower
+than linear. Why 0.9 and not "1 - the noise rate": the noise rate is unknown in practice, and a fixed target
+is the simple, honest choice; it is a search parameter like q_s and q_e. If s_0 >= target the status has
+nothing left to show and p = 1 at once (the clip's limit). A NaN status carries no information and leaves p
+where it was (the pace floor still applies); None is allowed only at epoch 0 (no previous epoch to measure).
+
+>>> q, lam = dal_schedule(0.6, 1.5, 150)[149]
+>>> round(q, 3), round(lam, 3)
+(1.494, 0.988)
+>>> s = make_schedule(0.5, 1.5, 10, "adaptive")
+>>> s(0), s(1, status=0.5), s(2, status=0.9)
+((0.5, 0.0), (0.55, 0.0), (1.5, 1.0))
 """
 
 from __future__ import annotations
@@ -33,100 +58,181 @@ import math
 from typing import Callable
 
 SHAPES = ("linear", "cosine", "exponential", "step", "adaptive")
+_OPTIONS = {"linear": (), "cosine": (), "exponential": ("k",), "step": ("steps",),
+            "adaptive": ("target", "min_pace")}
 
 
-def _check(q_start: float, q_end: float, epochs: int) -> None:
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if q_start <= 0:
-        raise ValueError(f"q_start must be > 0, got {q_start}")
-    if q_end < q_start:
-        raise ValueError(f"q_end ({q_end}) must be >= q_start ({q_start})")
+def _check(q_start: float, q_end: float, epochs: int, shape: str, kw: dict) -> None:
+    if shape not in SHAPES:
+        raise ValueError(f"unknown schedule shape {shape!r}; choose one of: {', '.join(SHAPES)}")
+    unknown = sorted(set(kw) - set(_OPTIONS[shape]))
+    if unknown:
+        takes = ", ".join(_OPTIONS[shape]) or "no options"
+        raise ValueError(f"schedule {shape!r} does not take {unknown[0]!r}; it takes: {takes}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not (math.isfinite(q_start) and q_start > 0):
+        raise ValueError(f"q_start must be a finite number > 0, got {q_start}")
+    if not (math.isfinite(q_end) and q_end >= q_start):
+        raise ValueError(f"q_end ({q_end}) must be a finite number >= q_start ({q_start})")
 
 
-def _progress(shape: str, k: float = 3.0, steps: int = 4) -> tuple[Callable[[float], float], Callable[[float], float]]:
-    """(f, f^-1) for a static shape; f^-1 of a step shape gives where f first exceeds c."""
+def _check_epoch(epoch: int, epochs: int) -> None:
+    if not 0 <= epoch < epochs:
+        raise ValueError(f"epoch must be in 0..{epochs - 1}, got {epoch}")
+
+
+def _progress(shape: str, k: float = 3.0, steps: int = 4) -> tuple[Callable[[float], float],
+                                                                    Callable[[float], float] | None]:
+    """(f, f^-1) of a continuous static shape; step's t0 is found on its plateaus instead (f^-1 None)."""
     if shape == "linear":
         return (lambda x: x), (lambda c: c)
     if shape == "cosine":
         return (lambda x: (1 - math.cos(math.pi * x)) / 2), (lambda c: math.acos(1 - 2 * c) / math.pi)
     if shape == "exponential":
+        if not (math.isfinite(k) and k != 0):
+            raise ValueError(f"exponential schedule needs a finite k != 0 (k = 3 is the default), got {k}")
         scale = math.expm1(k)
         return (lambda x: math.expm1(k * x) / scale), (lambda c: math.log1p(c * scale) / k)
     if shape == "step":
-        return (lambda x: math.floor(steps * x + 1e-12) / steps), (lambda c: (math.floor(steps * c + 1e-12) + 1) / steps)
-    raise ValueError(f"unknown schedule shape {shape!r}; choose one of: {', '.join(SHAPES)}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"step schedule needs an integer steps >= 1, got {steps!r}")
+        return (lambda x: math.floor(x * steps) / steps), None
+    raise AssertionError(shape)
+
+
+def _lam_past_one(q_start: float, q_end: float) -> float | None:
+    """lambda for the degenerate cases with no crossing: 0.0 or 1.0, or None when q does cross 1."""
+    if q_end <= 1:
+        return 0.0  # q never passes 1
+    if q_end == q_start:
+        return 1.0  # constant q > 1: the paper's t0 -> -inf
+    return None
 
 
 class StaticSchedule:
-    """(q, lambda) as a function of the epoch index alone."""
+    """(q, lambda) as a function of the epoch index alone; see the module docstring for the shapes.
+
+    >>> s = StaticSchedule(0.6, 1.5, 150)
+    >>> round(s.t0, 2), [round(v, 3) for v in s(67)]
+    (66.67, [1.002, 0.004])
+    """
 
     needs_status = False
 
     def __init__(self, q_start: float, q_end: float, epochs: int, shape: str = "linear", **kw: float):
-        _check(q_start, q_end, epochs)
-        self.q_start, self.q_end, self.epochs, self.shape = q_start, q_end, epochs, shape
-        self.f, finv = _progress(shape, **kw)
-        span = q_end - q_start
-        if q_end <= 1 or span == 0:
-            self.t0 = math.inf  # q never crosses 1: no bootstrapping
-        elif q_start >= 1:
-            self.t0 = (1 - q_start) * epochs / span
-        else:
-            self.t0 = epochs * finv((1 - q_start) / span)
+        _check(q_start, q_end, epochs, shape, kw)
+        if shape == "adaptive":
+            raise ValueError("the adaptive schedule needs the learning status: use make_schedule(..., 'adaptive')")
+        self.q_start, self.q_end, self.epochs, self.shape = float(q_start), float(q_end), epochs, shape
+        self.f, f_inv = _progress(shape, **kw)
+        span = self.q_end - self.q_start
+        self.fixed_lam = _lam_past_one(self.q_start, self.q_end)
+        if self.fixed_lam is not None:
+            self.t0 = math.inf if self.fixed_lam == 0 else -math.inf
+        elif shape == "linear" or self.q_start > 1:
+            self.t0 = (1 - self.q_start) * epochs / span  # the paper's formula, exactly as written
+        elif f_inv is not None:
+            self.t0 = epochs * f_inv((1 - self.q_start) / span)
+        else:  # step: the first plateau whose q is past 1, computed as the q values themselves are
+            n = kw.get("steps", 4)
+            j = next((j for j in range(n) if self.q_start + span * (j / n) > 1), n)
+            self.t0 = epochs * j / n
+
+    def q_at(self, epoch: int) -> float:
+        if self.shape == "linear":  # the paper's expression, term for term
+            return self.q_start + (self.q_end - self.q_start) * epoch / self.epochs
+        return self.q_start + (self.q_end - self.q_start) * self.f(epoch / self.epochs)
 
     def __call__(self, epoch: int, status: float | None = None) -> tuple[float, float]:
-        e = self.epochs
-        q = self.q_start + (self.q_end - self.q_start) * self.f(epoch / e)
-        lam = 0.0 if math.isinf(self.t0) or self.t0 >= e else max(0.0, (epoch - self.t0) / (e - self.t0))
-        return q, lam
+        """(q, lambda) at `epoch` in 0..E-1; `status` is ignored (static shapes need no learning signal)."""
+        _check_epoch(epoch, self.epochs)
+        q = self.q_at(epoch)
+        if self.fixed_lam is not None:
+            return q, self.fixed_lam
+        if q <= 1 or self.t0 >= self.epochs:
+            return q, 0.0
+        return q, max(0.0, (epoch - self.t0) / (self.epochs - self.t0))
 
 
 class AdaptiveSchedule:
-    """(q, lambda) driven by the learning status the trainer feeds each epoch (see the module docstring)."""
+    """(q, lambda) driven by the learning status the trainer feeds each epoch (rule: the module docstring).
+
+    Stateful: call it once per epoch, in order, with the status measured on the previous epoch.
+    `progress` is the current p in [0, 1], `s0` the first status seen (None until one arrives).
+    """
 
     needs_status = True
 
-    def __init__(self, q_start: float, q_end: float, epochs: int, target: float = 0.95, min_pace: float = 0.5):
-        _check(q_start, q_end, epochs)
-        if not 0 < target <= 1 or not 0 <= min_pace <= 1:
-            raise ValueError("adaptive schedule needs 0 < target <= 1 and 0 <= min_pace <= 1")
-        self.q_start, self.q_end, self.epochs = q_start, q_end, epochs
-        self.target, self.min_pace = target, min_pace
+    def __init__(self, q_start: float, q_end: float, epochs: int, target: float = 0.9, min_pace: float = 0.5):
+        _check(q_start, q_end, epochs, "adaptive", {})
+        if not 0 < target <= 1:
+            raise ValueError(f"adaptive schedule needs 0 < target <= 1 (a fraction of samples), got {target}")
+        if not 0 <= min_pace <= 1:
+            raise ValueError(f"adaptive schedule needs 0 <= min_pace <= 1, got {min_pace}")
+        self.q_start, self.q_end, self.epochs = float(q_start), float(q_end), epochs
+        self.target, self.min_pace = float(target), float(min_pace)
         self.s0: float | None = None
-        self.p = 0.0
+        self.progress = 0.0
 
     def __call__(self, epoch: int, status: float | None = None) -> tuple[float, float]:
-        if status is not None and not math.isnan(status):
+        """Advance to `epoch` with the learning `status` in [0, 1] of the previous epoch; return (q, lambda).
+
+        Raises ValueError for a status outside [0, 1], or None after epoch 0.
+        """
+        _check_epoch(epoch, self.epochs)
+        if status is None:
+            if epoch > 0:
+                raise ValueError(f"the adaptive schedule needs the learning status at epoch {epoch} "
+                                 "(the fraction of training samples predicted as their given label)")
+        elif not math.isnan(status):
+            if not 0 <= status <= 1:
+                raise ValueError(f"learning status must be a fraction in [0, 1], got {status}")
             if self.s0 is None:
-                self.s0 = status
-            denom = self.target - self.s0
-            driven = 1.0 if denom <= 0 else (status - self.s0) / denom
-            self.p = max(self.p, min(1.0, max(0.0, driven)))
-        self.p = max(self.p, self.min_pace * epoch / self.epochs)
-        return self.at(self.p)
+                self.s0 = float(status)
+            room = self.target - self.s0
+            driven = 1.0 if room <= 0 else min(1.0, max(0.0, (status - self.s0) / room))
+            self.progress = max(self.progress, driven)
+        self.progress = max(self.progress, min(1.0, self.min_pace * epoch / self.epochs))
+        return self.at(self.progress)
 
     def at(self, p: float) -> tuple[float, float]:
-        span = self.q_end - self.q_start
-        q = self.q_start + span * p
-        if self.q_end <= 1 or span == 0:
+        """(q, lambda) at progress p in [0, 1]: the linear rule with p in place of i / E."""
+        q = self.q_start + (self.q_end - self.q_start) * p
+        fixed = _lam_past_one(self.q_start, self.q_end)
+        if fixed is not None:
+            return q, fixed
+        if q <= 1:
             return q, 0.0
-        c = (1 - self.q_start) / span
-        if c >= 1:
-            return q, 0.0
+        c = (1 - self.q_start) / (self.q_end - self.q_start)
         return q, max(0.0, (p - c) / (1 - c))
 
 
 def make_schedule(q_start: float, q_end: float, epochs: int, shape: str = "linear", **kw: float):
-    """A schedule object: `sched(epoch, status=None) -> (q, lam)`; `sched.needs_status` tells whether the
-    trainer must feed the learning status."""
+    """A schedule object: `sched(epoch, status=None) -> (q, lam)` for epoch in 0..E-1.
+
+    `sched.needs_status` is True only for `adaptive`, which the trainer must feed the learning status each
+    epoch after the first. Options: exponential `k` (3), step `steps` (4), adaptive `target` (0.9) and
+    `min_pace` (0.5). Raises ValueError for an unknown shape or option, epochs < 1, q_start <= 0 or
+    q_end < q_start.
+    """
     if shape == "adaptive":
+        _check(q_start, q_end, epochs, shape, kw)
         return AdaptiveSchedule(q_start, q_end, epochs, **kw)
     return StaticSchedule(q_start, q_end, epochs, shape, **kw)
 
 
-def dal_schedule(q_start: float, q_end: float, epochs: int, shape: str = "linear", **kw: float) -> list[tuple[float, float]]:
-    """The per-epoch (q, lambda) pairs for epochs 0..E-1. For `adaptive` these are the pairs it follows
-    when the status never drives it (the pace floor alone)."""
+def dal_schedule(q_start: float, q_end: float, epochs: int, shape: str = "linear",
+                 **kw: float) -> list[tuple[float, float]]:
+    """The per-epoch (q, lambda) pairs for epochs 0..E-1 (length E).
+
+    For `adaptive`, which depends on the run, these are the pairs of its pace floor alone (a status that
+    never rises): the slowest it can go.
+    """
     sched = make_schedule(q_start, q_end, epochs, shape, **kw)
-    return [sched(i, None) for i in range(epochs)]
+    if isinstance(sched, AdaptiveSchedule):
+        return [sched.at(min(1.0, sched.min_pace * i / epochs)) for i in range(epochs)]
+    return [sched(i) for i in range(epochs)]
+
+
+__all__ = ["SHAPES", "dal_schedule", "make_schedule", "StaticSchedule", "AdaptiveSchedule"]
