@@ -104,17 +104,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from objectives.train import train
 
     bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.epochs, desc=f"{config.loss} {config.dataset} {config.noise}-{config.noise_rate}",
-                   unit="ep", file=sys.stderr, dynamic_ncols=True)
 
     def report(epoch: int, m: dict[str, float]) -> None:
-        if bar is not None:
-            bar.set_postfix(q=f"{m['q']:.2f}", lam=f"{m['lam']:.2f}", test=f"{m['test_acc']:.3f}",
-                            noisy_fit=f"{m['noisy_fit']:.2f}", refresh=False)
-            bar.update(1)
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:  # made at the first epoch, so a data or noise error prints nothing but its line
+            from tqdm import tqdm
+
+            bar = tqdm(total=config.epochs, desc=f"{config.loss} {config.dataset} {config.noise}-{config.noise_rate}",
+                       unit="ep", file=sys.stderr, dynamic_ncols=True)
+        bar.set_postfix(q=f"{m['q']:.2f}", lam=f"{m['lam']:.2f}", test=f"{m['test_acc']:.3f}",
+                        noisy_fit=f"{m['noisy_fit']:.2f}", refresh=False)
+        bar.update(1)
 
     try:
         result = train(config, report=report)

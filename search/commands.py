@@ -149,12 +149,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     storage = _open(args)
     torch.set_num_threads(args.threads or default_threads(1))
-    bar = None if args.quiet else _progress_bar(args.max_trials or 0)
+    bar = None
 
     def on_trial(study_name, frozen):
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"{study_name} #{frozen.number} {frozen.state.name}", refresh=False)
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = _progress_bar(args.max_trials or 0)
+        bar.update(1)
+        bar.set_postfix_str(f"{study_name} #{frozen.number} {frozen.state.name}", refresh=False)
 
     try:
         stats = run_worker(storage, args.campaign, max_trials=args.max_trials, worker_seed=args.seed,

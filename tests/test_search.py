@@ -165,9 +165,19 @@ def test_ctrl_c_leaves_the_storage_consistent_and_a_rerun_finishes(tmp_path, cam
     (["train", "--epochs", "0"], "epochs must be >= 1"),
     (["train", "--loss", "focal"], "unknown loss 'focal'"),
     (["train", "--noise", "pairflip"], "unknown noise 'pairflip'"),
+    (["train", "--dataset", "cifar10", "--data-dir", "/nonexistent/data"], "/nonexistent/data/cifar-10-batches-py"),
+    (["train", "--noise", "file", "--noise-file", "SHORT.npy"], "labels but the training set has"),
+    (["train", "--config", "/nonexistent/best.yaml"], "not found"),
+    (["export", "--storage", "STORE", "--study", "nope", "--out", "x.yaml"], "no study 'nope'"),
+    (["worker", "--storage", "STORE", "--campaign", "ghost"], "no studies of campaign 'ghost'"),
 ])
 def test_bad_input_is_one_line_and_a_nonzero_exit(args, fragment, campaign_file, tmp_path):
-    args = [campaign_file(name="bad") if a == "CAMPAIGN" else a for a in args]
+    import numpy as np
+
+    np.save(tmp_path / "short.npy", np.zeros(10, dtype=np.int64))
+    subs = {"CAMPAIGN": lambda: campaign_file(name="bad"), "SHORT.npy": lambda: str(tmp_path / "short.npy"),
+            "STORE": lambda: f"sqlite:///{tmp_path}/empty.db"}
+    args = [subs[a]() if a in subs else a for a in args]
     proc = cli(*args, check=False, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
