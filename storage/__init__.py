@@ -1,6 +1,15 @@
-"""Where results live: storage URLs -> Optuna storages, the gRPC proxy, exports of best configs."""
+"""Where results live: storage URLs -> Optuna storages (with heartbeats), the gRPC proxy, exports of best configs.
 
+    open_storage(url, *, heartbeat_interval=60, grace_period=None, for_workers=True) -> BaseStorage
+    describe_storage(url) -> str                      the URL with its password masked, for logs
+    run_storage_proxy(url, host="127.0.0.1", port=13000)
+    storage.export: export_best, load_train_config, study_summaries
+    StorageError                                       one line naming the fix (a ValueError)
+"""
+
+from storage._errors import StorageError
 from storage._proxy import run_storage_proxy
-from storage._url import DEFAULT_URL, StorageError, describe_storage, normalise_url, open_storage
+from storage._url import ACCEPTED, DEFAULT_URL, MAX_RETRY, describe_storage, normalise_url, open_storage
 
-__all__ = ["open_storage", "describe_storage", "normalise_url", "run_storage_proxy", "StorageError", "DEFAULT_URL"]
+__all__ = ["open_storage", "describe_storage", "normalise_url", "run_storage_proxy", "StorageError",
+           "DEFAULT_URL", "ACCEPTED", "MAX_RETRY"]

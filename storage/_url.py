@@ -1,198 +1,112 @@
 """One function from what a user types (a URL or a path) to an Optuna storage.
 
-    (nothing)                     sqlite:///runs/dal-search.db, the embedded default
-    runs/x.db, sqlite:///x.db     SQLite, in WAL mode with a 30 s busy timeout, so a few local worker
-                                  processes share it without "database is locked"
+    (nothing)                     $DAL_SEARCH_STORAGE, else sqlite:///runs/dal-search.db (the embedded default)
+    runs/x.db, sqlite:///x.db     SQLite in WAL mode with a 30 s busy timeout, so a few local worker processes
+                                  share it without "database is locked" (also .sqlite, .sqlite3)
     postgresql+psycopg://...      PostgreSQL (postgresql:// and postgres:// are taken as psycopg 3)
-    journal:PATH, PATH.log        Optuna's journal file storage
-    redis://host:port/db          Optuna's journal on Redis
-    grpc://host:port              Optuna's gRPC storage proxy (`dal-search storage-proxy`), for large pools
+    journal:PATH, PATH.log        Optuna's journal in a file (also PATH.journal)
+    redis://HOST:PORT/DB          Optuna's journal in Redis (?prefix=NAME keeps several apart; rediss:// too)
+    grpc://HOST:PORT              Optuna's gRPC storage proxy (`dal-search storage-proxy`), for large pools
 
-RDB storages get heartbeats (a trial whose worker stops beating for `grace_period` seconds is failed, and
-RetryHeartbeatStaleTrialCallback queues it again with the same params), a small connection pool with
-pre-ping (so a restarted database is reconnected to, not an error), and their schema on first use.
+Every storage gets heartbeats (a trial whose worker stops beating for `grace_period` seconds, default twice
+`heartbeat_interval`, is failed by the next worker's stale check) and `RetryHeartbeatStaleTrialCallback`,
+which queues the failed trial again as a WAITING trial with the same params (system_attrs `failed_trial`,
+`retry_history`), at most MAX_RETRY times. RDB storages keep beats in the database; the journal and the gRPC
+client keep them as a trial system attr (see storage._heartbeat). `heartbeat_interval=None` turns both off.
 
-The server is probed with a short timeout before Optuna touches it, so an unreachable host, a wrong
-password or a missing database is one line (`StorageError`) naming the fix, and nothing gets written.
+Servers are probed with a short timeout before Optuna touches them, so an unreachable host, a wrong password
+or a missing database is one line (`StorageError`) naming the fix, and nothing is written.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import socket
 import warnings
-from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-# Heartbeats and the retry callback are marked experimental in Optuna 5; they are what we rely on, knowingly.
+from storage._errors import StorageError
+
+# Heartbeats, the retry callback and the gRPC proxy are experimental in Optuna 5; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_URL = "sqlite:///runs/dal-search.db"
+ENV_VAR = "DAL_SEARCH_STORAGE"
 MAX_RETRY = 3
 ACCEPTED = ("sqlite:///PATH.db (or a bare PATH.db), postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB, "
-            "journal:PATH.log, redis://HOST:PORT/DB, grpc://HOST:PORT")
-
-
-class StorageError(ValueError):
-    """A storage URL is malformed or its server cannot be used; one line naming the fix."""
+            "journal:PATH.log (or a bare PATH.log), redis://HOST:PORT/DB, grpc://HOST:PORT")
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_JOURNAL_SUFFIXES = (".log", ".journal")
 
 
 def describe_storage(url: str | None) -> str:
-    """The URL with any password masked, for logs and messages."""
-    url = url or DEFAULT_URL
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+    """The storage URL as `open_storage` reads it, with any password masked: safe for logs and messages."""
+    url = normalise_url(url)
+    url = re.sub(r"(//[^:/@?#]*:)[^@/]*@", r"\1***@", url)  # user:password@ (also redis://:password@)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def normalise_url(url: str | None) -> str:
-    url = (url or "").strip() or DEFAULT_URL
-    if url.startswith(("postgres://", "postgresql://")):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    """The canonical form of what a user typed: default applied, bare paths and postgres aliases rewritten."""
+    url = (url or "").strip() or os.environ.get(ENV_VAR, "").strip() or DEFAULT_URL
+    for alias in ("postgres://", "postgresql://", "postgresql+psycopg2://", "postgres+psycopg://"):
+        if url.startswith(alias):
+            return "postgresql+psycopg://" + url[len(alias):]
     if "://" not in url and not url.startswith("journal:"):
-        if url.endswith((".db", ".sqlite", ".sqlite3")):
-            url = "sqlite:///" + url
-        elif url.endswith((".log", ".journal")):
-            url = "journal:" + url
+        if url.lower().endswith(_SQLITE_SUFFIXES):
+            return "sqlite:///" + url
+        if url.lower().endswith(_JOURNAL_SUFFIXES):
+            return "journal:" + url
     return url
 
 
 def open_storage(url: str | None = None, *, heartbeat_interval: int | None = 60, grace_period: int | None = None,
                  for_workers: bool = True) -> optuna.storages.BaseStorage:
+    """The Optuna storage named by `url` (see the module docstring for the forms); StorageError if unusable.
+
+    `for_workers=False` is for readers (studies, export, report, dashboard): no heartbeats, and a SQLite or
+    journal file that does not exist is an error rather than being created empty.
+    """
     url = normalise_url(url)
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat_interval else None
+    if not for_workers:
+        heartbeat_interval = None
+    if heartbeat_interval is not None and heartbeat_interval <= 0:
+        raise StorageError(f"heartbeat interval must be a positive number of seconds, got {heartbeat_interval}")
+    if grace_period is not None and grace_period <= 0:
+        raise StorageError(f"heartbeat grace period must be a positive number of seconds, got {grace_period}")
+    beat: dict[str, Any] = {
+        "heartbeat_interval": heartbeat_interval,
+        "grace_period": grace_period if heartbeat_interval else None,
+        "callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat_interval else None,
+    }
+    scheme = url.split(":", 1)[0].lower()
     if url.startswith("sqlite:///"):
-        return _sqlite(url, heartbeat_interval, grace_period, retry)
+        from storage._rdb import open_sqlite
+
+        return open_sqlite(url, must_exist=not for_workers, **beat)
     if url.startswith("postgresql+psycopg://"):
-        return _postgres(url, heartbeat_interval, grace_period, retry)
+        from storage._rdb import open_postgres
+
+        return open_postgres(url, **beat)
     if url.startswith("journal:"):
-        return _journal_file(url[len("journal:"):])
-    if url.startswith("redis://"):
-        return _redis(url)
+        from storage._journal import open_journal_file
+
+        return open_journal_file(url[len("journal:"):], must_exist=not for_workers, **beat)
+    if url.startswith(("redis://", "rediss://")):
+        from storage._journal import open_redis
+
+        return open_redis(url, **beat)
     if url.startswith("grpc://"):
-        return _grpc(url)
-    raise StorageError(f"unsupported storage {describe_storage(url)!r}; use one of: {ACCEPTED}")
+        from storage._proxy import open_grpc
+
+        return open_grpc(url, **beat)
+    hint = {"sqlite": "SQLite needs three slashes: sqlite:///relative/path.db or sqlite:////absolute/path.db; ",
+            "mysql": "MySQL is not supported; "}.get(scheme.split("+")[0], "")
+    raise StorageError(f"unsupported storage {describe_storage(url)!r}; {hint}use one of: {ACCEPTED}")
 
 
-def _rdb(url: str, engine_kwargs: dict, heartbeat_interval, grace_period, retry) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period if heartbeat_interval else None,
-        heartbeat_stale_trial_callback=retry)
-
-
-def _sqlite(url, heartbeat_interval, grace_period, retry) -> optuna.storages.RDBStorage:
-    path = url[len("sqlite:///"):]
-    if not path or path.endswith("/"):
-        raise StorageError(f"SQLite URL {url!r} names no file; use e.g. sqlite:///runs/dal-search.db")
-    if path != ":memory:":
-        p = Path(path)
-        if p.is_dir():
-            raise StorageError(f"SQLite path {p} is a folder; name a file such as {p / 'dal-search.db'}")
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StorageError(f"cannot create the folder {p.parent} for the SQLite file: {e.strerror}") from None
-    storage = _rdb(url, {"connect_args": {"timeout": 30}}, heartbeat_interval, grace_period, retry)
-    _sqlite_pragmas(storage)
-    return storage
-
-
-def _sqlite_pragmas(storage: optuna.storages.RDBStorage) -> None:
-    """WAL lets readers and one writer proceed together; busy_timeout makes writers wait, not fail."""
-    from sqlalchemy import event
-
-    engine = storage.engine
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    engine.dispose()  # connections made before the listener existed get the pragmas on reconnect
-
-
-def _postgres(url, heartbeat_interval, grace_period, retry) -> optuna.storages.RDBStorage:
-    _probe_postgres(url)
-    engine_kwargs = {"pool_size": 2, "max_overflow": 4, "pool_pre_ping": True, "pool_recycle": 1800,
-                     "connect_args": {"connect_timeout": 10}}
-    return _rdb(url, engine_kwargs, heartbeat_interval, grace_period, retry)
-
-
-def _probe_postgres(url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(url)
-    host, port = parts.hostname or "localhost", parts.port or 5432
-    user = unquote(parts.username) if parts.username else os.environ.get("PGUSER", "")
-    db = parts.path.lstrip("/")
-    if not db:
-        raise StorageError(f"PostgreSQL URL {describe_storage(url)!r} names no database; add /DBNAME at the end")
-    plain = urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, ""))
-    try:
-        with psycopg.connect(plain, connect_timeout=5) as conn:
-            conn.execute("select 1")
-    except psycopg.OperationalError as e:
-        msg = str(e).lower()
-        if "password authentication failed" in msg or "no password supplied" in msg:
-            raise StorageError(f"authentication failed for user {user!r} on {host}:{port}: check the password "
-                               f"in the storage URL (or POSTGRES_PASSWORD in .env)") from None
-        if "does not exist" in msg and "database" in msg:
-            raise StorageError(f"database {db!r} does not exist on {host}:{port}; create it with: "
-                               f"createdb -h {host} -p {port} {db}") from None
-        if "role" in msg and "does not exist" in msg:
-            raise StorageError(f"PostgreSQL user {user!r} does not exist on {host}:{port}; use an existing "
-                               f"user in the storage URL") from None
-        raise StorageError(f"cannot reach PostgreSQL at {host}:{port} ({_first_line(e)}); is it running, "
-                           f"and is the host/port in the storage URL right?") from None
-
-
-def _journal_file(path: str) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-    if not path:
-        raise StorageError("journal storage needs a file: journal:./runs/dal-search.log")
-    p = Path(path)
-    if p.is_dir():
-        raise StorageError(f"journal path {p} is a folder; name a file such as {p / 'dal-search.log'}")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise StorageError(f"cannot create the folder {p.parent} for the journal: {e.strerror}") from None
-    return optuna.storages.JournalStorage(JournalFileBackend(str(p), lock_obj=JournalFileOpenLock(str(p))))
-
-
-def _redis(url: str) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalRedisBackend
-
-    import redis
-
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
-    except (redis.RedisError, ValueError) as e:
-        parts = urlsplit(url)
-        raise StorageError(f"cannot reach Redis at {parts.hostname}:{parts.port or 6379} ({_first_line(e)}); "
-                           f"is it running?") from None
-    return optuna.storages.JournalStorage(JournalRedisBackend(url))
-
-
-def _grpc(url: str) -> optuna.storages.BaseStorage:
-    parts = urlsplit(url)
-    if not parts.hostname or not parts.port:
-        raise StorageError(f"gRPC storage URL {url!r} needs a host and port: grpc://HOST:PORT")
-    try:
-        socket.create_connection((parts.hostname, parts.port), timeout=3).close()
-    except OSError:
-        raise StorageError(f"no storage proxy listens on {parts.hostname}:{parts.port}; start one with: "
-                           f"dal-search storage-proxy --storage URL --port {parts.port}") from None
-    return optuna.storages.GrpcStorageProxy(host=parts.hostname, port=parts.port)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:160] if text else type(e).__name__
+__all__ = ["open_storage", "describe_storage", "normalise_url", "StorageError", "DEFAULT_URL", "ACCEPTED",
+           "MAX_RETRY"]
