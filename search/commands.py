@@ -218,13 +218,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from search.report import push_to_dashboard, write_report
+    from search.analysis import NotEnoughTrials
+    from search.report import figures, push_to_dashboard, write_report
 
     storage = _open(args)
-    path = write_report(storage, args.campaign, args.out, png_dir=args.png_dir)
+    try:
+        figs = figures(storage, args.campaign)
+    except NotEnoughTrials as e:  # no study of that campaign: nothing to draw
+        raise UserError(f"{e} (see 'dal-search studies' for what the storage holds)") from None
+    path = write_report(storage, args.campaign, args.out, png_dir=args.png_dir, figs=figs)
+    drawn = sum(not isinstance(f, str) for _, f in figs)
     if not args.no_dashboard:
-        push_to_dashboard(storage, args.campaign)
-    print(f"report written to {path}", file=sys.stderr)
+        push_to_dashboard(storage, args.campaign, figs=figs)
+    print(f"report written to {path} ({drawn} of {len(figs)} figures drawn; the rest say why not)", file=sys.stderr)
     return 0
 
 

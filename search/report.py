@@ -1,0 +1,167 @@
+"""The report: every analysis figure of a campaign in one standalone HTML file (plotly.js inlined, so it
+opens with no network), the findings in words, a table of studies; optionally PNGs; and the same figures
+and findings pushed into optuna-dashboard (custom plots and the study note) so the dashboard shows them.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from search import analysis
+from search.analysis import NotEnoughTrials
+
+
+def figures(storage: optuna.storages.BaseStorage, campaign: str | None) -> list[tuple[str, go.Figure | str]]:
+    """(title, figure) for each analysis of the campaign; a figure that cannot be drawn is its reason."""
+    studies = analysis.campaign_studies(storage, campaign)
+    if not studies:
+        raise NotEnoughTrials(f"not enough trials: no studies of campaign {campaign!r} in this storage")
+    items: list[tuple[str, Callable[[], go.Figure]]] = [
+        ("DAL vs baselines", lambda: analysis.arm_comparison(studies)),
+        ("Sensitivity to q_s x q_e (open question 3)", lambda: analysis.sensitivity_surface(studies)),
+        ("Schedule shapes (open question 1)", lambda: analysis.schedule_comparison(studies)),
+    ]
+    best_dal = _best_trial([s for s in studies if s.user_attrs.get("arm") == "dal"])
+    if best_dal is not None:
+        study, trial = best_dal
+        items.append((f"Best DAL trial: {study.study_name} #{trial.number}",
+                      lambda: analysis.trial_curves(trial, f"{study.study_name} trial {trial.number}: "
+                                                           f"q(t), lambda(t), learning and memorisation")))
+    for s in studies:
+        if s.user_attrs.get("arm") == "dal" and len(s.user_attrs.get("space") or {}) > 1:
+            items.append((f"Importances: {s.study_name}", lambda s=s: analysis.importances(s)))
+    out: list[tuple[str, go.Figure | str]] = []
+    for title, make in items:
+        try:
+            out.append((title, make()))
+        except NotEnoughTrials as e:
+            out.append((title, str(e)))
+    return out
+
+
+def _best_trial(studies: list[optuna.Study]):
+    best = None
+    for s in studies:
+        done = s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        for t in done:
+            if best is None or t.value > best[1].value:
+                best = (s, t)
+    return best
+
+
+def write_report(storage: optuna.storages.BaseStorage, campaign: str | None, out_html: str | Path,
+                 png_dir: str | Path | None = None, figs: list | None = None) -> Path:
+    """Write the standalone HTML report (and PNGs into `png_dir`); `figs` reuses figures() already drawn."""
+    from storage.export import study_summaries
+
+    out = Path(out_html)
+    figs = figures(storage, campaign) if figs is None else figs
+    studies = analysis.campaign_studies(storage, campaign)
+    found = analysis.findings(studies)
+    rows = [r for r in study_summaries(storage) if campaign is None or r.get("campaign") == campaign]
+    parts = [f"<h1>dal-search report: {html.escape(str(campaign or 'all campaigns'))}</h1>",
+             "<h2>Findings</h2>",
+             "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in found) + "</ul>" if found
+             else "<p>Not enough trials for findings yet.</p>"]
+    first = True
+    for title, fig in figs:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if isinstance(fig, str):
+            parts.append(f"<p class='missing'>{html.escape(fig)}</p>")
+            continue
+        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=first, config={"displaylogo": False}))
+        first = False
+    cols = ["name", "complete", "running", "pruned", "failed", "waiting", "best_value", "best_test_acc"]
+    parts.append("<h2>Studies</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows) + "</table>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>dal-search report</title><style>"
+            "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}.missing{color:#a33}</style></head>"
+            "<body>" + "\n".join(parts) + "</body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    if png_dir is not None:
+        write_pngs([(t, f) for t, f in figs if not isinstance(f, str)], Path(png_dir))
+    return out
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:60]
+
+
+def write_pngs(figs: list[tuple[str, go.Figure]], folder: Path) -> list[Path]:
+    """PNG of each figure: kaleido when installed, else headless Chromium (the Debian package) driven by
+    Playwright; with neither, a note and no PNGs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{i:02d}-{_slug(t)}.png" for i, (t, _) in enumerate(figs)]
+    try:
+        import kaleido  # noqa: F401
+
+        for (_, fig), p in zip(figs, paths):
+            fig.write_image(str(p))
+        return paths
+    except Exception:  # noqa: BLE001 - no kaleido, or kaleido without a browser: try Chromium
+        pass
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        print("report: no PNGs (install kaleido, or playwright with Debian's chromium)", file=sys.stderr)
+        return []
+    if not Path(chromium).exists():
+        print("report: no PNGs (no chromium found; apt-get install chromium)", file=sys.stderr)
+        return []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        for (_, fig), path in zip(figs, paths):
+            width, height = int(fig.layout.width or 900), int(fig.layout.height or 450)
+            page.set_viewport_size({"width": width + 20, "height": height + 20})
+            page.set_content(pio.to_html(fig, full_html=True, include_plotlyjs=True,
+                                         config={"staticPlot": True}))
+            page.wait_for_selector(".js-plotly-plot .main-svg")
+            page.locator(".js-plotly-plot").first.screenshot(path=str(path))
+        browser.close()
+    return paths
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def push_to_dashboard(storage: optuna.storages.BaseStorage, campaign: str | None, figs: list | None = None) -> int:
+    """Save each figure into the studies it is about (optuna-dashboard shows them on the study page) and the
+    findings as each study's note. Returns the number of figures saved. Saving again replaces (same ids)."""
+    from optuna_dashboard import save_note, save_plotly_graph_object
+
+    studies = analysis.campaign_studies(storage, campaign)
+    found = analysis.findings(studies)
+    saved = 0
+    figs = figures(storage, campaign) if figs is None else figs
+    for study in studies:
+        for i, (title, fig) in enumerate(figs):
+            if isinstance(fig, str):
+                continue
+            if title.startswith("Importances: ") and title != f"Importances: {study.study_name}":
+                continue
+            save_plotly_graph_object(study, fig, graph_object_id=f"dal-{_slug(title)}")
+            saved += 1
+        note = [f"## dal-search: {study.study_name}", "", *(f"- {f}" for f in found)] if found else \
+            [f"## dal-search: {study.study_name}", "", "Not enough trials for findings yet."]
+        save_note(study, "\n".join(note))
+    return saved
