@@ -159,7 +159,9 @@ def push_to_dashboard(storage: optuna.storages.BaseStorage, campaign: str | None
                 continue
             if title.startswith("Importances: ") and title != f"Importances: {study.study_name}":
                 continue
-            save_plotly_graph_object(study, fig, graph_object_id=f"dal-{_slug(title)}")
+            # the dashboard draws each figure in a half-width card: let plotly size it to the card
+            fitted = go.Figure(fig).update_layout(width=None, autosize=True, height=440)
+            save_plotly_graph_object(study, fitted, graph_object_id=f"dal-{_slug(title)}")
             saved += 1
         note = [f"## dal-search: {study.study_name}", "", *(f"- {f}" for f in found)] if found else \
             [f"## dal-search: {study.study_name}", "", "Not enough trials for findings yet."]
