@@ -69,7 +69,7 @@ def throughput(trials: int, epochs: int) -> None:
     print(f"2 workers / 1 worker = {rates[2] / rates[1]:.2f} (ideal 2.0 on 2 cores; includes Ray start-up)")
 
 
-def _light_worker(url: str, study: str, seconds: float, start_at: float, out) -> None:
+def _light_worker(url: str, study: str, seconds: float, ready, go, out) -> None:
     import optuna
 
     from storage import open_storage
@@ -77,10 +77,11 @@ def _light_worker(url: str, study: str, seconds: float, start_at: float, out) ->
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(url, heartbeat_interval=None)
     s = optuna.load_study(study_name=study, storage=storage, sampler=optuna.samplers.RandomSampler())
+    s.get_trials(deepcopy=False)  # connect before the clock starts
     lat = []
-    while time.time() < start_at:
-        time.sleep(0.01)
-    end = start_at + seconds
+    ready.put(os.getpid())
+    go.wait()
+    end = time.time() + seconds
     while time.time() < end:
         t = time.perf_counter()
         trial = s.ask()
@@ -117,12 +118,14 @@ def load(counts: list[int], seconds: float, proxy: bool) -> None:
                             break
                         except Exception:  # noqa: BLE001
                             time.sleep(0.2)
-                q = ctx.Queue()
-                start_at = time.time() + 8 + n * 0.15  # let every process import and connect first
-                procs = [ctx.Process(target=_light_worker, args=(client_url, "load", seconds, start_at, q))
+                q, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+                procs = [ctx.Process(target=_light_worker, args=(client_url, "load", seconds, ready, go, q))
                          for _ in range(n)]
                 for p in procs:
                     p.start()
+                for _ in procs:  # every process has imported and connected: start them together
+                    ready.get(timeout=600)
+                go.set()
                 lats = []
                 for _ in procs:
                     lats.extend(q.get(timeout=seconds + 120))
