@@ -366,6 +366,7 @@ def test_ray_workers_reserve_gpus_and_shm_and_scale(model):
     driver = model["services"]["driver"]
     assert driver["command"][driver["command"].index("--num-gpus") + 1] == "0.25"
     assert driver["restart"] == "on-failure"
+    assert driver["stop_signal"] == "SIGINT"  # `docker compose stop` re-queues running trials, like Ctrl-C
     assert any(v.endswith(":/campaigns:ro") for v in driver["volumes"])
     # Every app service is the one image built from docker/Dockerfile (Ray needs the same versions on all).
     images = {model["services"][n]["image"] for n in ("dashboard", "ray-head", "ray-worker", "driver")}
@@ -443,11 +444,19 @@ class _Procs:
         return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
 
     def stop_all(self) -> None:
-        # Driver and dashboard first, then Ray workers, then the head (like `docker compose down`).
-        order = sorted(self.procs, key=lambda n: (n.startswith("ray-head"), n.startswith("ray-")))
-        for name in order:
-            self._stop(self.procs[name])
-        # Ray daemons that left the group (none should) are found by this test's private temp dirs.
+        # Like `docker compose down`: driver and dashboard first, then every Ray node at once (SIGTERM to each
+        # process group, SIGKILL to what is left after a grace period).
+        apps = [p for n, p in self.procs.items() if not n.startswith("ray-")]
+        ray_nodes = [p for n, p in self.procs.items() if n.startswith("ray-")]
+        for group, grace in ((apps, 10), (ray_nodes, 15)):
+            self._signal(group, signal.SIGTERM)
+            deadline = time.time() + grace
+            while time.time() < deadline and any(p.poll() is None or _group_alive(p.pid) for p in group):
+                time.sleep(0.2)
+            self._signal(group, signal.SIGKILL)
+            for p in group:
+                p.wait(timeout=10)
+        # Ray daemons that left their group (none should) are found by this test's private temp dirs.
         for pid in _pids_mentioning(self.ray_dirs):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -455,21 +464,12 @@ class _Procs:
                 pass
 
     @staticmethod
-    def _stop(p: subprocess.Popen) -> None:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            if p.poll() is not None and not _group_alive(p.pid):
-                return
-            time.sleep(0.2)
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.wait(timeout=10)
+    def _signal(group: list[subprocess.Popen], sig: int) -> None:
+        for p in group:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 def _group_alive(pgid: int) -> bool:
@@ -548,7 +548,9 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
                                 test_db.path, "", ""))
 
     def local(arg: str) -> str:
-        arg = arg.replace("ray-head:6379", f"127.0.0.1:{ray_port}").replace("--port=6379", f"--port={ray_port}")
+        for a, b in (("ray-head:6379", f"127.0.0.1:{ray_port}"), ("127.0.0.1:6379", f"127.0.0.1:{ray_port}"),
+                     ("--port=6379", f"--port={ray_port}")):
+            arg = arg.replace(a, b)
         return str(campaigns) + arg[len("/campaigns"):] if arg.startswith("/campaigns/") else arg
 
     def argv(svc: dict) -> list[str]:
@@ -576,7 +578,8 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
 
     venv_bin = os.path.dirname(sys.executable)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    base_env.update(PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""), RAY_USAGE_STATS_ENABLED="0")
+    base_env.update(PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""), RAY_USAGE_STATS_ENABLED="0",
+                    RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2")  # a quick teardown; the campaign is done by then
     procs = _Procs(tmp_path, base_env, ray_dirs)
     t0 = time.time()
     try:
@@ -613,7 +616,7 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
         storage = open_storage(local_storage, heartbeat_interval=None, for_workers=False)
         import optuna
 
-        names = sorted(s.study_name for s in optuna.get_all_studies(storage=storage))
+        names = sorted(s.study_name for s in storage.get_all_studies())
         assert names == ["composed/ce/digits/symmetric-0.4", "composed/dal/digits/symmetric-0.4"]
         workers = set()
         for name in names:
