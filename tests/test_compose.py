@@ -39,6 +39,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
+COMPOSE_MULTIHOST = ROOT / "docker" / "compose.multihost.yml"
+ALL_FILES = (COMPOSE, COMPOSE_CPU, COMPOSE_MULTIHOST)
 SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -303,14 +305,14 @@ def test_secrets_are_required_and_have_no_default(missing):
         load_compose(COMPOSE, env=env)
     with pytest.raises(InterpolationError, match=missing):
         load_compose(COMPOSE, env={**env, missing: ""})  # empty is missing too (:?)
-    for path in (COMPOSE, COMPOSE_CPU):
+    for path in ALL_FILES:
         text = path.read_text()
         uses = re.findall(r"\$\{" + missing + r"([^}]*)\}", text)
         assert all(u.startswith(":?") for u in uses), (path.name, uses)  # never ${X:-default} or ${X}
 
 
 def test_no_literal_password_anywhere(model):
-    for path in (COMPOSE, COMPOSE_CPU):
+    for path in ALL_FILES:
         text = path.read_text()
         assert not re.search(r"(?i)(password|token)\s*[:=]\s*['\"]?(?!\$\{)[A-Za-z0-9]", text.replace(
             "POSTGRES_PASSWORD: ${", "").replace("RAY_AUTH_TOKEN: ${", "")), path.name
@@ -387,9 +389,31 @@ def test_cpu_override_drops_the_gpu_reservation(model, cpu_model):
         assert cpu_model["services"][name] == model["services"][name]
 
 
+def test_multihost_override_is_valid_and_exposes_only_the_private_interface(model):
+    env = {**TEST_ENV, "PRIVATE_IP": "10.9.8.7"}
+    with pytest.raises(InterpolationError, match="PRIVATE_IP is missing a value"):
+        load_compose(COMPOSE, COMPOSE_MULTIHOST)
+    multi = load_compose(COMPOSE, COMPOSE_MULTIHOST, env=env)
+    assert schema_errors(multi) == []
+    assert schema_errors(_strip(load_file(COMPOSE_MULTIHOST, env))) == []
+    services = multi["services"]
+    assert services["postgres"]["ports"] == ["10.9.8.7:5432:5432"]
+    assert services["dashboard"] == model["services"]["dashboard"]  # still 127.0.0.1 only
+    url = f"postgresql+psycopg://dal:{TEST_ENV['POSTGRES_PASSWORD']}@10.9.8.7:5432/dal"
+    for name in ("ray-head", "ray-worker", "driver"):
+        svc = services[name]
+        assert svc["network_mode"] == "host" and "ports" not in svc, name
+        assert svc["environment"]["DAL_SEARCH_STORAGE"] == url  # what actors on other boxes can reach
+        assert svc["environment"]["RAY_AUTH_MODE"] == "token"  # the rest of the environment is kept
+        cmd = " ".join(svc["command"])
+        assert "10.9.8.7" in cmd and "ray-head" not in cmd, name
+    assert "--node-ip-address=10.9.8.7" in services["ray-head"]["command"]
+    assert "deploy" in services["ray-worker"] and "shm_size" in services["ray-worker"]
+
+
 def test_env_example_lists_every_variable_and_no_real_secret():
     names = set()
-    for path in (COMPOSE, COMPOSE_CPU):
+    for path in ALL_FILES:
         names |= set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", path.read_text()))
     example = ENV_EXAMPLE.read_text()
     listed = set(re.findall(r"^#?\s*([A-Z_][A-Z0-9_]*)=", example, flags=re.MULTILINE))
@@ -548,7 +572,8 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
                                 test_db.path, "", ""))
 
     def local(arg: str) -> str:
-        for a, b in (("ray-head:6379", f"127.0.0.1:{ray_port}"), ("127.0.0.1:6379", f"127.0.0.1:{ray_port}"),
+        for a, b in (("ray-head:6379", f"localhost:{ray_port}"),  # a host name, as in the compose network
+                     ("127.0.0.1:6379", f"127.0.0.1:{ray_port}"),
                      ("--port=6379", f"--port={ray_port}")):
             arg = arg.replace(a, b)
         return str(campaigns) + arg[len("/campaigns"):] if arg.startswith("/campaigns/") else arg
