@@ -51,6 +51,12 @@ def _complete(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The study's best COMPLETE trial by its own metric (noisy validation by default), or None."""
+    done = _complete(study)
+    return max(done, key=lambda t: t.value) if done else None
+
+
 def _need(trials: list, study_names: str, at_least: int = MIN_TRIALS, what: str = "this figure") -> None:
     if len(trials) < at_least:
         raise NotEnoughTrials(f"not enough trials: {study_names} has {len(trials)} completed trial"
@@ -183,10 +189,9 @@ def arm_data(studies: Iterable[optuna.Study], key: str = "test_acc") -> dict[str
     """arm -> (noise kind, rate) -> per-seed values of the study's best trial (by the study's metric)."""
     out: dict[str, dict] = defaultdict(dict)
     for s in studies:
-        done = _complete(s)
-        if not done:
+        best = best_trial(s)
+        if best is None:
             continue
-        best = max(done, key=lambda t: t.value)
         out[s.user_attrs["arm"]][(s.user_attrs["noise"], float(s.user_attrs["noise_rate"]))] = _seed_values(best, key)
     return out
 

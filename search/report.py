@@ -49,13 +49,9 @@ def figures(storage: optuna.storages.BaseStorage, campaign: str | None) -> list[
 
 
 def _best_trial(studies: list[optuna.Study]):
-    best = None
-    for s in studies:
-        done = s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        for t in done:
-            if best is None or t.value > best[1].value:
-                best = (s, t)
-    return best
+    """(study, trial) of the best trial across `studies`, or None."""
+    best = [(s, t) for s in studies if (t := analysis.best_trial(s)) is not None]
+    return max(best, key=lambda st: st[1].value, default=None)
 
 
 def write_report(storage: optuna.storages.BaseStorage, campaign: str | None, out_html: str | Path,

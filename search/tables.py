@@ -14,18 +14,10 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-import optuna
 from optuna.trial import TrialState
 
-ARM_NAMES = {"ce": "CE", "mae": "MAE", "gce": "GCE", "sce": "SCE", "nce_rce": "NCE+RCE", "dal": "DAL"}
-
-
-def _studies(storage, campaign: str) -> list[optuna.Study]:
-    out = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        if s.user_attrs.get("campaign") == campaign:
-            out.append(optuna.load_study(study_name=s.study_name, storage=storage))
-    return out
+from search.analysis import ARM_NAMES, best_trial
+from search.analysis import campaign_studies as _studies
 
 
 def _cell(rows: list[dict[str, Any]], key: str) -> str:
@@ -38,11 +30,6 @@ def _cell(rows: list[dict[str, Any]], key: str) -> str:
 
 def _condition(attrs: dict[str, Any]) -> str:
     return f"{attrs['noise']} {int(round(100 * attrs['noise_rate']))} %"
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return max(done, key=lambda t: t.value) if done else None
 
 
 def arm_table(storage, campaign: str, key: str = "test_acc", label: str = "") -> str:
@@ -88,7 +75,7 @@ def grid_table(storage, campaign: str, noise_rate: float, key: str = "test_acc")
     """q_start rows x q_end columns at one noise rate: mean ± std over seeds."""
     grid: dict[float, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for study in _studies(storage, campaign):
-        if abs(study.user_attrs["noise_rate"] - noise_rate) > 1e-9:
+        if study.user_attrs["arm"] != "dal" or abs(study.user_attrs["noise_rate"] - noise_rate) > 1e-9:
             continue
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             grid[t.params["q_start"]][t.params["q_end"]].extend(t.user_attrs.get("per_seed", []))

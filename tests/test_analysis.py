@@ -247,3 +247,20 @@ def test_push_to_dashboard_stores_figures_the_dashboard_reads(storage):
     report.push_to_dashboard(storage, "fab", figs=figs)
     objs = get_plotly_graph_objects(storage.get_study_system_attrs(analysis.campaign_studies(storage, "fab")[0]._study_id))
     assert len(objs) == sum(not isinstance(f, str) and not t.startswith("Importances: ") for t, f in figs)
+
+
+# ------------------------------------------------------------------ the Markdown tables of docs/RESULTS.md
+
+def test_tables_report_the_selected_trial_mean_and_std_in_percent(storage):
+    from search import tables
+
+    make_study(storage, "dal", 0.4, [({"q_start": 0.5, "q_end": 1.5}, [0.9, 0.8]),
+                                     ({"q_start": 0.7, "q_end": 1.5}, [0.7, 0.74])], values=[0.5, 0.6])
+    make_study(storage, "ce", 0.4, [({}, [0.5, 0.52])])
+    make_study(storage, "ce", 0.2, [({}, [0.6, 0.6])])
+    lines = tables.arm_table(storage, "fab", "test_acc", "last epoch").splitlines()
+    assert lines[0] == "| last epoch | symmetric 20 % | symmetric 40 % |"
+    assert lines[2] == "| CE | 60.0 ± 0.0 | 51.0 ± 1.0 |"
+    assert lines[3] == "| DAL | - | 72.0 ± 2.0 |"  # the trial chosen on validation, not the test-best one
+    grid = tables.grid_table(storage, "fab", 0.4).splitlines()
+    assert grid[0] == "| q_s \\ q_e | 1.5 |" and grid[2] == "| 0.5 | 85.0 ± 5.0 |"
