@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -221,6 +222,25 @@ def schema_errors(doc: Any) -> list[str]:
             for e in sorted(_validator().iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
 
 
+def shell_commands(svc: dict) -> list[list[str]]:
+    """A service's command as the argv lists it runs: `["sh", "-c", "A && exec B"]` -> [A, B]."""
+    cmd = svc["command"]
+    if cmd[:2] != ["sh", "-c"]:
+        return [list(cmd)]
+    out: list[list[str]] = [[]]
+    for tok in shlex.split(cmd[2]):
+        if tok == "&&":
+            out.append([])
+        elif not (tok == "exec" and not out[-1]):
+            out[-1].append(tok)
+    return out
+
+
+def pool_argv(svc: dict) -> list[str]:
+    (argv,) = [a for a in shell_commands(svc) if a[:2] == ["dal-search", "pool"]]
+    return argv
+
+
 # ---------------------------------------------------------------- the helpers themselves
 
 @pytest.mark.parametrize("text, expected", [
@@ -287,13 +307,12 @@ def test_cpu_override_alone_and_merged_are_valid_compose_spec(cpu_model):
 
 
 def test_defaults_hold_without_optional_variables(model):
-    env = model["services"]["driver"]
-    assert env["command"][:2] == ["dal-search", "pool"]
+    assert pool_argv(model["services"]["driver"])[2] == "/campaigns/digits-dal-tpe.yaml"
     assert "127.0.0.1:8080:8080" in model["services"]["dashboard"]["ports"]
     custom = load_compose(COMPOSE, env={**TEST_ENV, "DASHBOARD_PORT": "9999", "POOL_WORKERS": "16",
                                         "GPUS_PER_TRIAL": "0.5", "CAMPAIGN_FILE": "mine.yaml"})
     assert custom["services"]["dashboard"]["ports"] == ["127.0.0.1:9999:8080"]
-    cmd = custom["services"]["driver"]["command"]
+    cmd = pool_argv(custom["services"]["driver"])
     assert cmd[2] == "/campaigns/mine.yaml"
     assert cmd[cmd.index("--workers") + 1] == "16" and cmd[cmd.index("--num-gpus") + 1] == "0.5"
 
@@ -366,7 +385,12 @@ def test_ray_workers_reserve_gpus_and_shm_and_scale(model):
     head = model["services"]["ray-head"]["command"]
     assert "--head" in head and "--port=6379" in head and "--num-gpus=0" in head
     driver = model["services"]["driver"]
-    assert driver["command"][driver["command"].index("--num-gpus") + 1] == "0.25"
+    pool = pool_argv(driver)
+    assert pool[pool.index("--num-gpus") + 1] == "0.25" and pool[pool.index("--address") + 1] == "ray-head:6379"
+    # ray.init needs a raylet on the driver's own host: the driver container joins as a node offering nothing.
+    first = shell_commands(driver)[0]
+    assert first[:3] == ["ray", "start", "--address=ray-head:6379"]
+    assert "--num-cpus=0" in first and "--num-gpus=0" in first and "--block" not in first
     assert driver["restart"] == "on-failure"
     assert driver["stop_signal"] == "SIGINT"  # `docker compose stop` re-queues running trials, like Ctrl-C
     assert any(v.endswith(":/campaigns:ro") for v in driver["volumes"])
@@ -381,8 +405,9 @@ def test_cpu_override_drops_the_gpu_reservation(model, cpu_model):
     worker = cpu_model["services"]["ray-worker"]
     assert "deploy" not in worker
     assert "--num-gpus=0" in worker["command"]
-    cmd = cpu_model["services"]["driver"]["command"]
+    cmd = pool_argv(cpu_model["services"]["driver"])
     assert cmd[cmd.index("--num-gpus") + 1] == "0"
+    assert shell_commands(cpu_model["services"]["driver"])[0] == shell_commands(model["services"]["driver"])[0]
     assert "GPU" not in json.dumps(cpu_model).upper().replace("--NUM-GPUS", "").replace("GPUS_PER", "")
     # the rest of the pool is unchanged
     for name in ("postgres", "dashboard", "ray-head"):
@@ -408,6 +433,11 @@ def test_multihost_override_is_valid_and_exposes_only_the_private_interface(mode
         cmd = " ".join(svc["command"])
         assert "10.9.8.7" in cmd and "ray-head" not in cmd, name
     assert "--node-ip-address=10.9.8.7" in services["ray-head"]["command"]
+    # three Ray nodes on one host network: distinct dashboard-agent ports
+    nodes = [services["ray-head"]["command"], services["ray-worker"]["command"],
+             shell_commands(services["driver"])[0]]
+    ports = [next((a for a in n if a.startswith("--dashboard-agent-listen-port=")), "default") for n in nodes]
+    assert len(set(ports)) == 3, ports
     assert "deploy" in services["ray-worker"] and "shm_size" in services["ray-worker"]
 
 
@@ -518,6 +548,19 @@ def _pids_mentioning(needles: list[str]) -> list[int]:
     return pids
 
 
+def _own_pid_namespace() -> list[str]:
+    """`unshare` into a new PID namespace, as a container is, where this machine allows it (root): then the
+    driver sees only its own processes, so `ray.init` can only find the raylet its container starts."""
+    argv = ["unshare", "--pid", "--fork", "--mount-proc"]
+    if shutil.which("unshare") is None:
+        return []
+    try:
+        r = subprocess.run(argv + ["sh", "-c", "test $$ = 1"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return argv if r.returncode == 0 else []
+
+
 def _healthcheck_argv(svc: dict) -> list[str]:
     test = svc["healthcheck"]["test"]
     assert test[0] == "CMD", test
@@ -585,6 +628,15 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
             out[out.index("--port") + 1] = str(dash_port)
         return out
 
+    def shell(svc: dict, ray_extra: list[str]) -> list[str]:
+        """`sh -c "ray start ... && exec dal-search pool ..."`, rewritten token by token."""
+        assert svc["command"][:2] == ["sh", "-c"]
+        tokens = [local(t) for t in shlex.split(svc["command"][2])]
+        i = tokens.index("start")
+        assert tokens[i - 1] == "ray"
+        tokens[i + 1:i + 1] = ray_extra
+        return ["sh", "-c", " ".join(t if t == "&&" else shlex.quote(t) for t in tokens)]
+
     def environment(svc: dict) -> dict[str, str]:
         env = {k: str(v) for k, v in svc.get("environment", {}).items()}
         if "DAL_SEARCH_STORAGE" in env:
@@ -595,11 +647,14 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
     # What each container would have to itself: a Ray temp dir (short: Unix socket paths), agent ports, its
     # CPU limit, and an address. All on loopback.
     ray_root = tempfile.mkdtemp(prefix="dalc", dir="/tmp")
-    ray_dirs = [os.path.join(ray_root, n) for n in ("h", "w1", "w2")]
+    ray_dirs = [os.path.join(ray_root, n) for n in ("h", "w1", "w2", "d")]
+
+    def own_node(temp_dir: str) -> list[str]:
+        return [f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
+                f"--dashboard-agent-listen-port={_free_port()}"]
 
     def ray_node(svc: dict, temp_dir: str, extra: list[str]) -> list[str]:
-        return argv(svc) + [f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
-                            f"--dashboard-agent-listen-port={_free_port()}", *extra]
+        return argv(svc) + own_node(temp_dir) + extra
 
     venv_bin = os.path.dirname(sys.executable)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -625,7 +680,9 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
             procs.start(f"ray-worker-{i}", ray_node(services["ray-worker"], ray_dirs[i], ["--num-cpus=1"]),
                         environment(services["ray-worker"]))
         dashboard = procs.start("dashboard", argv(services["dashboard"]), environment(services["dashboard"]))
-        driver = procs.start("driver", argv(services["driver"]), environment(services["driver"]))
+        isolate = _own_pid_namespace()
+        driver = procs.start("driver", isolate + shell(services["driver"], own_node(ray_dirs[3])),
+                             environment(services["driver"]))
         try:
             rc = driver.wait(timeout=150)
         except subprocess.TimeoutExpired:
@@ -661,7 +718,8 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
         hc = [a.replace("127.0.0.1:8080", f"127.0.0.1:{dash_port}") for a in _healthcheck_argv(services["dashboard"])]
         hc[0] = sys.executable if hc[0] == "python" else hc[0]
         assert subprocess.run(hc, env=base_env, timeout=30).returncode == 0
-        print(f"compose pool: campaign done and dashboard checked in {time.time() - t0:.1f} s")
+        print(f"compose pool: campaign done and dashboard checked in {time.time() - t0:.1f} s"
+              + ("" if isolate else " (driver not in its own PID namespace: unshare is not allowed here)"))
     finally:
         procs.stop_all()
         shutil.rmtree(ray_root, ignore_errors=True)
