@@ -1,9 +1,11 @@
 """Storage + sampler overhead per trial: what a trial costs besides its training. Prints figures.
 
     python bench/bench_storage.py [--trials 1000] [--epochs 100] [--backends sqlite,postgres,journal]
+                                  [--pruner none|median]
 
 The real worker loop (`search.worker.run_worker`: stale check, slot pop, TPE multivariate sampling of DAL's
-space, a heartbeat thread, one `trial.report` per epoch, the user attrs, tell) runs against each storage with
+space, a heartbeat thread, ~10 checkpoint values per trial (each reported and judged as it comes with
+--pruner median, else written with the results), the user attrs, tell) runs against each storage with
 a stand-in for training that reports `--epochs` epochs and returns at once. The time per trial is therefore
 pure overhead; it grows with the study (TPE reads every trial), so it is shown around trial 100 and around
 the last trial, as milliseconds and as a share of one real digits trial (100 epochs, 1 thread) timed in the
@@ -43,12 +45,12 @@ def fake_train(epochs: int):
     return run
 
 
-def bench(url: str, trials: int, epochs: int) -> list[float]:
+def bench(url: str, trials: int, epochs: int, pruner: str = "none") -> list[float]:
     storage = open_storage(url)
     camp = parse_campaign({"name": f"b{uuid.uuid4().hex[:6]}", "datasets": ["digits"],
                            "noise": {"symmetric": [0.4]}, "arms": {"dal": "default"},
                            "budget": {"trials": trials, "seeds": [0]}, "train": {"epochs": epochs},
-                           "pruner": "median"})
+                           "pruner": pruner})
     create_studies(storage, camp)
     stamps = [time.perf_counter()]
     run_worker(storage, camp.name, worker_seed=0, train_fn=fake_train(epochs),
@@ -61,6 +63,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--backends", default="sqlite,postgres,journal")
+    ap.add_argument("--pruner", default="none", choices=["none", "median"],
+                    help="none (the campaign default: checkpoints written with the results) or median "
+                         "(each checkpoint written and judged as it comes)")
     ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
                     help="server to create a scratch database on")
     args = ap.parse_args()
@@ -68,7 +73,8 @@ def main() -> None:
 
     walls = [train(TrainConfig(epochs=100, seed=s, threads=1))["wall_time"] for s in range(3)]
     trial_s = statistics.median(walls)
-    print(f"one digits trial (100 epochs, 1 thread): {trial_s:.2f} s (median of 3)")
+    print(f"one digits trial (100 epochs, 1 thread): {trial_s:.2f} s (median of 3); TPE multivariate, "
+          f"pruner {args.pruner}")
     tmp = tempfile.mkdtemp()
     for backend in args.backends.split(","):
         scratch = None
@@ -85,7 +91,7 @@ def main() -> None:
                 c.execute(f'CREATE DATABASE "{scratch}"')
             url = args.pg.rsplit("/", 1)[0] + "/" + scratch
         try:
-            t = bench(url, args.trials, args.epochs)
+            t = bench(url, args.trials, args.epochs, args.pruner)
         finally:
             if scratch:
                 with psycopg.connect(admin, autocommit=True) as c:

@@ -28,7 +28,7 @@ from optuna.trial import TrialState, create_trial
 
 from objectives.config import ConfigError, TrainConfig
 from search.space import suggest
-from storage.attrs import set_trial_user_attrs
+from storage.attrs import write_trial_results
 
 log = logging.getLogger("dal-search.worker")
 REPORTS_PER_TRIAL = 10
@@ -148,18 +148,23 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | Non
         trial.set_user_attr("fail_reason", f"invalid config: {e}")
         raise TrialFailed(str(e)) from None
 
-    # Intermediate values go to the storage at ~REPORTS_PER_TRIAL checkpoints, not every epoch: each is a
-    # write, and each pruning decision reads the study, which would cost more than a small trial's epochs.
+    # Intermediate values are kept at ~REPORTS_PER_TRIAL checkpoints, not every epoch. With a pruner each goes
+    # to the storage at once (the pruner compares them with other trials'); without one they are written
+    # with the trial's results, in the same single transaction.
     every = max(1, configs[0].epochs // REPORTS_PER_TRIAL)
     prunes = attrs.get("pruner", "none") != "none"
+    pending: dict[int, float] = {}
 
     def report(epoch: int, m: dict[str, float]) -> None:
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt  # a pool stop: re-queued like Ctrl-C
         if (epoch + 1) % every and epoch + 1 != configs[0].epochs:
             return
+        if not prunes:
+            pending[epoch] = m[per_epoch_metric]
+            return
         retrying(trial.report, m[per_epoch_metric], epoch)
-        if prunes and retrying(trial.should_prune):
+        if retrying(trial.should_prune):
             trial.set_user_attr("fail_reason", f"pruned at epoch {epoch}: {per_epoch_metric} {m[per_epoch_metric]:.4f}")
             raise optuna.TrialPruned(f"epoch {epoch}")
 
@@ -174,8 +179,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | Non
         if first is None:
             first = result
         if result["status"] != "ok":
-            trial.set_user_attr("per_seed", per_seed)
-            trial.set_user_attr("fail_reason", f"seed {cfg.seed}: {result['reason']}")
+            retrying(write_trial_results, study._storage, trial._trial_id,
+                     {"per_seed": per_seed, "fail_reason": f"seed {cfg.seed}: {result['reason']}"}, pending)
             raise TrialFailed(result["reason"])
     assert first is not None
     attrs_out: dict[str, Any] = {
@@ -187,7 +192,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | Non
         values = [r[key] for r in per_seed]
         attrs_out[key] = statistics.fmean(values)
         attrs_out[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
-    retrying(set_trial_user_attrs, study._storage, trial._trial_id, attrs_out)
+    retrying(write_trial_results, study._storage, trial._trial_id, attrs_out, pending)
     return attrs_out[metric]
 
 

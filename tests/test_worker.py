@@ -1,0 +1,70 @@
+"""The worker loop with a stand-in trainer: checkpoint values reach the storage whether or not a pruner runs,
+and the median pruner stops trials that fall behind, with the reason in their attrs."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.campaign import create_studies, parse_campaign
+from search.worker import REPORTS_PER_TRIAL, run_worker
+from storage import open_storage
+
+EPOCHS = 20
+
+
+def fake_train(config, report=None):
+    """Accuracy climbs linearly to q_start / 2 (so the sampled q_start decides who is ahead)."""
+    curve = [config.q_start / 2 * (e + 1) / EPOCHS for e in range(EPOCHS)]
+    for e, acc in enumerate(curve):
+        if report is not None:
+            report(e, {"val_acc": acc, "test_acc": acc})
+    hist = {k: curve for k in ("epoch", "q", "lam", "lr", "train_loss", "train_acc", "val_acc", "test_acc",
+                               "noisy_fit", "clean_fit")}
+    acc = curve[-1]
+    return {"status": "ok", "reason": "", "test_acc": acc, "best_test_acc": acc, "val_acc": acc,
+            "best_val_acc": acc, "test_acc_at_best_val": acc, "noisy_fit": 0.1, "clean_fit": 0.9,
+            "realized_rate": 0.36, "label_hash": "0" * 16, "wall_time": 0.0, "device": "cpu", "history": hist}
+
+
+def _campaign(pruner: str, trials: int):
+    return parse_campaign({"name": f"w-{pruner}", "datasets": ["digits"], "noise": {"symmetric": [0.4]},
+                           "arms": {"dal": {"q_start": {"low": 0.1, "high": 1.0}, "q_end": 1.5}},
+                           "budget": {"trials": trials, "seeds": [0]}, "train": {"epochs": EPOCHS},
+                           "sampler": "random", "pruner": pruner})
+
+
+@pytest.mark.parametrize("url", ["sqlite", "journal"])
+def test_checkpoints_are_stored_without_a_pruner(tmp_path, url):
+    storage = open_storage(f"sqlite:///{tmp_path}/w.db" if url == "sqlite" else f"journal:{tmp_path}/w.log")
+    camp = _campaign("none", 3)
+    (name,) = create_studies(storage, camp)
+    stats = run_worker(storage, camp.name, worker_seed=0, train_fn=fake_train)
+    assert stats.complete == 3
+    every = EPOCHS // REPORTS_PER_TRIAL
+    for t in optuna.load_study(study_name=name, storage=storage).trials:
+        assert sorted(t.intermediate_values) == list(range(every - 1, EPOCHS, every))
+        qs = t.params["q_start"]
+        assert t.intermediate_values[EPOCHS - 1] == pytest.approx(qs / 2)
+        assert t.intermediate_values[every - 1] == pytest.approx(qs / 2 * every / EPOCHS)
+        assert t.user_attrs["val_acc"] == pytest.approx(qs / 2)
+
+
+def test_median_pruner_stops_trials_that_fall_behind(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/w.db")
+    camp = _campaign("median", 16)
+    (name,) = create_studies(storage, camp)
+    stats = run_worker(storage, camp.name, worker_seed=3, train_fn=fake_train)
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert stats.total == 16 == len(trials)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert stats.pruned == len(pruned) > 0
+    for t in pruned:
+        step = max(t.intermediate_values)
+        assert t.user_attrs["fail_reason"].startswith(f"pruned at epoch {step}: val_acc")
+        earlier = [c for c in trials if c.state == TrialState.COMPLETE and c.number < t.number]
+        assert len(earlier) >= 4  # n_startup_trials
+        # pruned at a step where it lay below the median of the earlier trials' values at that step
+        others = sorted(c.intermediate_values[step] for c in earlier)
+        assert t.intermediate_values[step] < others[len(others) // 2] + 1e-9
