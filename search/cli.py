@@ -141,7 +141,8 @@ def _train_seeds(config, args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise UserError(f"--seeds takes a comma-separated list of integers, got {args.seeds!r}") from None
-    keys = ("test_acc", "best_test_acc", "val_acc", "noisy_fit", "clean_fit", "realized_rate", "wall_time")
+    keys = ("test_acc", "best_test_acc", "test_acc_at_best_val", "val_acc", "noisy_fit", "clean_fit",
+            "realized_rate", "wall_time")
     rows = []
     for seed in seeds:
         r = train(config.replace(seed=seed))

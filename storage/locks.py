@@ -73,7 +73,8 @@ def storage_lock(storage: optuna.storages.BaseStorage, name: str, timeout: float
                 conn.commit()
     elif kind == "file":
         path = _file_of(storage)
-        lock_path = path.with_name(path.name + ".lock")
+        # not "<file>.lock": that is the name of Optuna's own journal-file lock, which must stay free while we hold ours
+        lock_path = path.with_name(path.name + ".dal-search.lock")
         with open(lock_path, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
