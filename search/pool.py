@@ -32,12 +32,14 @@ def _actor_class():
         def run(self, storage_url: str, campaign: str | None, seed: int, threads: int) -> dict[str, Any]:
             import torch
 
-            from search.worker import run_worker
-            from storage import open_storage
+            from search.worker import retrying, run_worker
+            from storage import StorageError, open_storage
 
             torch.set_num_threads(max(1, threads))
-            stats = run_worker(open_storage(storage_url), campaign, worker_seed=seed,
-                               should_stop=self._stop.is_set)
+            # The driver has opened this URL already: an error here is the database restarting under a
+            # (re)started actor, so it is waited out like any other outage.
+            storage = retrying(open_storage, storage_url, retry_on=(StorageError,))
+            stats = run_worker(storage, campaign, worker_seed=seed, should_stop=self._stop.is_set)
             return {"pid": os.getpid(), "complete": stats.complete, "pruned": stats.pruned,
                     "failed": stats.failed, "stopped": self._stop.is_set()}
 

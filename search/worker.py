@@ -54,15 +54,16 @@ def _storage_errors() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
-def retrying(fn: Callable, *args: Any, patience: float | None = None, **kwargs: Any) -> Any:
+def retrying(fn: Callable, *args: Any, patience: float | None = None,
+             retry_on: tuple[type[BaseException], ...] = (), **kwargs: Any) -> Any:
     """Call `fn`, retrying with backoff while the storage is unreachable (a database restart, a network
-    blip), for up to `patience` seconds; then the last error propagates."""
+    blip), for up to `patience` seconds; then the last error propagates. `retry_on` adds error types."""
     deadline = time.monotonic() + (STORAGE_PATIENCE if patience is None else patience)
     delay = 0.5
     while True:
         try:
             return fn(*args, **kwargs)
-        except _storage_errors() as e:
+        except (*_storage_errors(), *retry_on) as e:
             if time.monotonic() + delay > deadline:
                 raise
             log.warning("storage unavailable (%s); retrying in %.1f s", type(e).__name__, delay)
@@ -83,6 +84,9 @@ class Heartbeat:
 
     def __enter__(self) -> "Heartbeat":
         if self.interval is not None:
+            # The first beat is synchronous: from here on the trial has a heartbeat row, so if this process
+            # dies (or gives up on a storage outage) at any later point the trial goes stale and is retried.
+            retrying(self.storage.record_heartbeat, self.trial_id)
             self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.trial_id}", daemon=True)
             self._thread.start()
         return self
@@ -137,7 +141,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | Non
     """The objective: train the trial's config once per seed; the value is the mean of the study's metric."""
     if train_fn is None:
         from objectives.train import train as train_fn
-    attrs = study.user_attrs
+    attrs = retrying(lambda: study.user_attrs)
     metric = attrs.get("metric", "val_acc")
     per_epoch_metric = metric.replace("best_", "")
     params = suggest(trial, attrs.get("space", {}))
@@ -145,7 +149,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | Non
         base = TrainConfig.from_dict(attrs["base_config"])
         configs = [base.replace(**params, seed=s) for s in attrs.get("seeds", [base.seed])]
     except ConfigError as e:
-        trial.set_user_attr("fail_reason", f"invalid config: {e}")
+        retrying(trial.set_user_attr, "fail_reason", f"invalid config: {e}")
         raise TrialFailed(str(e)) from None
 
     # Intermediate values are kept at ~REPORTS_PER_TRIAL checkpoints, not every epoch. With a pruner each goes
@@ -165,7 +169,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | Non
             return
         retrying(trial.report, m[per_epoch_metric], epoch)
         if retrying(trial.should_prune):
-            trial.set_user_attr("fail_reason", f"pruned at epoch {epoch}: {per_epoch_metric} {m[per_epoch_metric]:.4f}")
+            retrying(trial.set_user_attr, "fail_reason", f"pruned at epoch {epoch}: {per_epoch_metric} {m[per_epoch_metric]:.4f}")
             raise optuna.TrialPruned(f"epoch {epoch}")
 
     per_seed, first = [], None
@@ -249,7 +253,7 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
     from search.campaign import campaign_study_names
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    names = campaign_study_names(storage, campaign)
+    names = retrying(campaign_study_names, storage, campaign)  # a worker may start while the database restarts
     if not names:
         from search.campaign import CampaignError
 
@@ -259,10 +263,10 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
     rng = random.Random(seed)
     studies: dict[str, optuna.Study] = {}
     for name in names:
-        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
-        studies[name] = optuna.load_study(study_name=name, storage=storage,
-                                          sampler=make_sampler(attrs.get("sampler", "tpe"), rng.randrange(2**31)),
-                                          pruner=make_pruner(attrs.get("pruner", "none")))
+        attrs = retrying(lambda: storage.get_study_user_attrs(storage.get_study_id_from_name(name)))
+        studies[name] = retrying(optuna.load_study, study_name=name, storage=storage,
+                                 sampler=make_sampler(attrs.get("sampler", "tpe"), rng.randrange(2**31)),
+                                 pruner=make_pruner(attrs.get("pruner", "none")))
     stats = WorkerStats()
     previous = signal.getsignal(signal.SIGTERM)
 
@@ -321,7 +325,7 @@ def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
             state = TrialState.FAIL
         except Exception as e:  # a bug or an environment problem: record it, keep the worker alive
             log.exception("trial %d of %s raised", trial.number, study.study_name)
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
+            retrying(trial.set_user_attr, "fail_reason", f"{type(e).__name__}: {e}"[:2000])
             state = TrialState.FAIL
     if state == TrialState.COMPLETE:
         frozen = retrying(study.tell, trial, value, skip_if_finished=True)
