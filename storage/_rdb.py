@@ -69,10 +69,18 @@ def _sqlite_pragmas(storage: optuna.storages.RDBStorage) -> None:
 
     @event.listens_for(storage.engine, "connect")
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        # The driver's own transaction handling starts a transaction only at the first write, so Optuna's
+        # read-check-write steps (WAITING -> RUNNING above all) were not atomic: two workers could both read
+        # WAITING and both claim the trial. Every transaction now starts with BEGIN IMMEDIATE (below).
+        dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_S * 1000}")
         cur.execute("PRAGMA synchronous=NORMAL")  # safe under WAL: a power cut may lose the last commits only
         cur.close()
+
+    @event.listens_for(storage.engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001 - take the write lock first; others wait up to busy_timeout
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     storage.engine.dispose()  # the connections Optuna made while creating the schema get the pragmas too
 
