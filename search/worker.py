@@ -323,6 +323,11 @@ def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
             state = TrialState.PRUNED
         except TrialFailed:
             state = TrialState.FAIL
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another worker judged this trial stale (its heartbeats missed the grace period through a long
+            # outage) and re-queued it: its result has nowhere to go, and nothing is left to record.
+            log.warning("trial %d of %s was finished elsewhere (stale); moving on", trial.number, study.study_name)
+            state = TrialState.FAIL
         except Exception as e:  # a bug or an environment problem: record it, keep the worker alive
             log.exception("trial %d of %s raised", trial.number, study.study_name)
             retrying(trial.set_user_attr, "fail_reason", f"{type(e).__name__}: {e}"[:2000])

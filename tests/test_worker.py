@@ -68,3 +68,21 @@ def test_median_pruner_stops_trials_that_fall_behind(tmp_path):
         # pruned at a step where it lay below the median of the earlier trials' values at that step
         others = sorted(c.intermediate_values[step] for c in earlier)
         assert t.intermediate_values[step] < others[len(others) // 2] + 1e-9
+
+
+def test_a_trial_finished_elsewhere_does_not_stop_the_worker(tmp_path):
+    """A trial re-queued by another worker (judged stale) while this one still trains: its results are
+    refused, the worker counts it failed and goes on to the next slot."""
+    storage = open_storage(f"sqlite:///{tmp_path}/w.db")
+    camp = _campaign("none", 3)
+    (name,) = create_studies(storage, camp)
+
+    def train_whose_trial_goes_stale(config, report=None):
+        for t in storage.get_all_trials(storage.get_study_id_from_name(name), states=(TrialState.RUNNING,)):
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        return fake_train(config, report)
+
+    stats = run_worker(storage, camp.name, worker_seed=0, train_fn=train_whose_trial_goes_stale)
+    assert stats.failed == 3 and stats.complete == 0
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert len(trials) == 3 and all(t.state == TrialState.FAIL for t in trials)
