@@ -24,7 +24,7 @@ import time
 import torch
 from torch import nn
 
-from objectives.losses import ce, dal, gce
+from dal_search.objectives.losses import ce, dal, gce
 
 T0 = time.perf_counter()
 
@@ -129,7 +129,7 @@ def main() -> None:
            interleaved(train_steps(mlp, (64,), dev), args.mlp_reps, 50, dev))
 
     try:
-        from objectives.models import build_model
+        from dal_search.objectives.models import build_model
         resnet = build_model("resnet18", (3, 32, 32), 10)
     except (ImportError, AttributeError, ValueError) as e:
         print(f"\n(b) skipped: objectives.models.build_model('resnet18', ...) is not available yet ({e})")
@@ -153,8 +153,8 @@ def main() -> None:
         print(f"  the loss alone: DAL(soft) - GCE = {extra * 1e6:.0f} us = {extra / t['gce']:.4%} of a ResNet step,"
               f" so DAL(soft)/GCE = {1 + extra / t['gce']:.4f} up to measurement noise")
     if args.trial:
-        from objectives.config import TrainConfig
-        from objectives.train import train
+        from dal_search.objectives.config import TrainConfig
+        from dal_search.objectives.train import train
 
         walls = [train(TrainConfig(loss="dal", epochs=100, seed=seed, threads=1, device=dev))["wall_time"]
                  for seed in range(3)]

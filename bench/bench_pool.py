@@ -47,9 +47,9 @@ def _drop(name: str) -> None:
 def throughput(trials: int, epochs: int) -> None:
     import yaml
 
-    from search.campaign import create_studies, parse_campaign
-    from search.pool import run_pool
-    from storage import open_storage
+    from dal_search.search.campaign import create_studies, parse_campaign
+    from dal_search.search.pool import run_pool
+    from dal_search.storage import open_storage
 
     rates = {}
     for workers in (1, 2):
@@ -72,7 +72,7 @@ def throughput(trials: int, epochs: int) -> None:
 def _light_worker(url: str, study: str, seconds: float, ready, go, out) -> None:
     import optuna
 
-    from storage import open_storage
+    from dal_search.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
@@ -98,7 +98,7 @@ def _light_worker(url: str, study: str, seconds: float, ready, go, out) -> None:
 def load(counts: list[int], seconds: float, vias: list[str]) -> None:
     import optuna
 
-    from storage import open_storage
+    from dal_search.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     ctx = mp.get_context("spawn")
@@ -113,7 +113,7 @@ def load(counts: list[int], seconds: float, vias: list[str]) -> None:
                     with socket.socket() as sck:
                         sck.bind(("127.0.0.1", 0))
                         port = sck.getsockname()[1]
-                    proxy_proc = subprocess.Popen([sys.executable, "-m", "search", "storage-proxy", "--storage", url,
+                    proxy_proc = subprocess.Popen([sys.executable, "-m", "dal_search", "storage-proxy", "--storage", url,
                                                    "--port", str(port)], stderr=subprocess.DEVNULL)
                     client_url = f"grpc://127.0.0.1:{port}"
                     for _ in range(100):

@@ -23,11 +23,11 @@ import uuid
 
 import optuna
 
-from objectives.config import TrainConfig
-from objectives.train import train
-from search.campaign import create_studies, parse_campaign
-from search.worker import run_worker
-from storage import open_storage
+from dal_search.objectives.config import TrainConfig
+from dal_search.objectives.train import train
+from dal_search.search.campaign import create_studies, parse_campaign
+from dal_search.search.worker import run_worker
+from dal_search.storage import open_storage
 
 
 def fake_train(epochs: int):

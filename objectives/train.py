@@ -26,12 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from objectives.config import TrainConfig
-from objectives.data import load_dataset, split_train_val
-from objectives.losses import make_loss
-from objectives.models import build_model
-from objectives.noise import corrupt_labels, label_hash, realized_rate
-from objectives.schedules import make_schedule
+from dal_search.objectives.config import TrainConfig
+from dal_search.objectives.data import load_dataset, split_train_val
+from dal_search.objectives.losses import make_loss
+from dal_search.objectives.models import build_model
+from dal_search.objectives.noise import corrupt_labels, label_hash, realized_rate
+from dal_search.objectives.schedules import make_schedule
 
 Report = Callable[[int, dict[str, float]], None]
 EVAL_BATCH = 2048
@@ -200,7 +200,7 @@ def _crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
 
 def _pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        from objectives.config import ConfigError
+        from dal_search.objectives.config import ConfigError
         raise ConfigError("device 'cuda' asked for but no CUDA GPU is visible; use --device cpu or auto")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -38,8 +38,8 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from objectives.config import METRICS, NOISE_KINDS, ConfigError, TrainConfig
-from search.space import DEFAULT_SPACES, SpaceError, all_grid_points, grid_size, validate_space
+from dal_search.objectives.config import METRICS, NOISE_KINDS, ConfigError, TrainConfig
+from dal_search.search.space import DEFAULT_SPACES, SpaceError, all_grid_points, grid_size, validate_space
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband")
@@ -266,7 +266,7 @@ def top_up(study: optuna.Study, budget: int, grid_points: list[dict[str, Any]] |
     laid at once would make each trial read 1,000 rows. Counting and laying happen under a storage-wide
     lock; a storage without one (gRPC proxy, in-memory) gets its whole budget laid at once instead.
     Returns how many slots were laid."""
-    from storage.locks import storage_lock, supports_lock
+    from dal_search.storage.locks import storage_lock, supports_lock
 
     def lay() -> int:
         trials = study.get_trials(deepcopy=False)

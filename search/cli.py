@@ -22,12 +22,12 @@ class UserError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Every exception type that means 'the input is wrong', from all three rooms."""
-    from objectives.config import ConfigError
+    from dal_search.objectives.config import ConfigError
 
     kinds: list[type[BaseException]] = [UserError, ConfigError]
-    for module, name in (("objectives.data", "DataError"), ("objectives.noise", "NoiseError"),
-                         ("storage", "StorageError"), ("search.campaign", "CampaignError"),
-                         ("search.analysis", "NotEnoughTrials")):
+    for module, name in (("dal_search.objectives.data", "DataError"), ("dal_search.objectives.noise", "NoiseError"),
+                         ("dal_search.storage", "StorageError"), ("dal_search.search.campaign", "CampaignError"),
+                         ("dal_search.search.analysis", "NotEnoughTrials")):
         try:
             kinds.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):
@@ -66,7 +66,7 @@ _FLAG_HELP = {
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    from objectives.config import config_fields
+    from dal_search.objectives.config import config_fields
 
     g = p.add_argument_group("train config (each overrides --config)")
     for f in config_fields():
@@ -83,11 +83,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from objectives.config import TrainConfig, config_fields
+    from dal_search.objectives.config import TrainConfig, config_fields
 
     values: dict[str, Any] = {}
     if args.config:
-        from storage.export import load_train_config
+        from dal_search.storage.export import load_train_config
 
         values = load_train_config(args.config).to_dict()
     for f in config_fields():
@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     if args.seeds:
         return _train_seeds(config, args)
-    from objectives.train import train
+    from dal_search.objectives.train import train
 
     bar = None
 
@@ -135,7 +135,7 @@ def _train_seeds(config, args: argparse.Namespace) -> int:
     """The config once per seed; prints each seed's summary and the mean and std over seeds."""
     import statistics
 
-    from objectives.train import train
+    from dal_search.objectives.train import train
 
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Commands of the search room, registered by their own modules."""
-    from search import commands
+    from dal_search.search import commands
 
     return commands.REGISTER
 

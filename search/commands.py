@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from search.cli import UserError, _default_storage
+from dal_search.search.cli import UserError, _default_storage
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def _open(args: argparse.Namespace):
     """The storage of --storage. Heartbeat settings come from the environment so that every process of a
     pool (driver, workers, dashboard) agrees: DAL_SEARCH_HEARTBEAT (seconds, default 60) and
     DAL_SEARCH_GRACE (seconds without a beat before a trial is stale, default 2 x heartbeat)."""
-    from storage import open_storage
+    from dal_search.storage import open_storage
 
     interval = int(os.environ.get("DAL_SEARCH_HEARTBEAT", "60"))
     grace = int(os.environ.get("DAL_SEARCH_GRACE", str(2 * interval)))
@@ -35,7 +35,7 @@ def _open(args: argparse.Namespace):
 # ------------------------------------------------------------------ run
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.campaign import create_studies, load_campaign
+    from dal_search.search.campaign import create_studies, load_campaign
 
     camp = load_campaign(args.campaign)  # every error in the file surfaces before the storage is touched
     if args.workers < 1:
@@ -60,14 +60,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _threads_for(workers: int) -> int:
-    from search.worker import default_threads
+    from dal_search.search.worker import default_threads
 
     return default_threads(workers)
 
 
 def _describe(url: str) -> str:
     try:
-        from storage import describe_storage
+        from dal_search.storage import describe_storage
 
         return describe_storage(url)
     except ImportError:
@@ -83,8 +83,8 @@ def _progress_bar(total: int):
 def _run_in_process(storage, campaign: str, names: list[str], threads: int, seed: int | None) -> None:
     import torch
 
-    from search.campaign import progress
-    from search.worker import run_worker
+    from dal_search.search.campaign import progress
+    from dal_search.search.worker import run_worker
 
     torch.set_num_threads(threads)
     counts = progress(storage, names)
@@ -104,9 +104,9 @@ def _run_in_process(storage, campaign: str, names: list[str], threads: int, seed
 
 def _run_processes(url: str, storage, campaign: str, names: list[str], workers: int, threads: int,
                    seed: int | None) -> None:
-    from search.campaign import progress
+    from dal_search.search.campaign import progress
 
-    cmd = [sys.executable, "-m", "search", "worker", "--storage", url, "--campaign", campaign,
+    cmd = [sys.executable, "-m", "dal_search", "worker", "--storage", url, "--campaign", campaign,
            "--threads", str(threads), "--quiet"]
     procs = [subprocess.Popen(cmd + (["--seed", str(seed + i)] if seed is not None else []))
              for i in range(workers)]
@@ -145,7 +145,7 @@ def _run_processes(url: str, storage, campaign: str, names: list[str], workers: 
 def cmd_worker(args: argparse.Namespace) -> int:
     import torch
 
-    from search.worker import default_threads, run_worker
+    from dal_search.search.worker import default_threads, run_worker
 
     storage = _open(args)
     torch.set_num_threads(args.threads or default_threads(1))
@@ -175,7 +175,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ studies / export / report / dashboard / proxy
 
 def _print_table(storage, campaign: str | None, as_json: bool = False) -> None:
-    from storage.export import study_summaries
+    from dal_search.storage.export import study_summaries
 
     rows = study_summaries(storage)
     if campaign:
@@ -207,7 +207,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from storage.export import export_best
+    from dal_search.storage.export import export_best
 
     if not args.study and not args.campaign:
         raise UserError("export needs --study NAME or --campaign NAME ('dal-search studies' lists them)")
@@ -218,8 +218,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from search.analysis import NotEnoughTrials
-    from search.report import figures, push_to_dashboard, write_report
+    from dal_search.search.analysis import NotEnoughTrials
+    from dal_search.search.report import figures, push_to_dashboard, write_report
 
     storage = _open(args)
     try:
@@ -235,7 +235,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from search.dashboard import run_dashboard
+    from dal_search.search.dashboard import run_dashboard
 
     url = args.storage or _default_storage()
     _open(args)  # a bad URL fails here with one line, before the server starts
@@ -245,7 +245,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_storage_proxy(args: argparse.Namespace) -> int:
-    from storage import run_storage_proxy
+    from dal_search.storage import run_storage_proxy
 
     url = args.storage or _default_storage()
     print(f"Optuna gRPC storage proxy for {_describe(url)} on {args.host}:{args.port}", file=sys.stderr)
@@ -314,7 +314,7 @@ def register(sub) -> None:
 
 
 def _register_pool(sub) -> None:
-    from search.pool import register as register_pool
+    from dal_search.search.pool import register as register_pool
 
     register_pool(sub)
 

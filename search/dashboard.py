@@ -10,7 +10,7 @@ from __future__ import annotations
 def run_dashboard(storage_url: str | None, host: str = "127.0.0.1", port: int = 8080) -> None:
     from optuna_dashboard import run_server
 
-    from storage import open_storage
+    from dal_search.storage import open_storage
 
     # A reader: no heartbeats, and a missing SQLite or journal file is an error, not a new empty store.
     run_server(open_storage(storage_url, heartbeat_interval=None, for_workers=False), host=host, port=port)

@@ -32,8 +32,8 @@ def _actor_class():
         def run(self, storage_url: str, campaign: str | None, seed: int, threads: int) -> dict[str, Any]:
             import torch
 
-            from search.worker import retrying, run_worker
-            from storage import StorageError, open_storage
+            from dal_search.search.worker import retrying, run_worker
+            from dal_search.storage import StorageError, open_storage
 
             torch.set_num_threads(max(1, threads))
             # The driver has opened this URL already: an error here is the database restarting under a
@@ -58,9 +58,9 @@ def run_pool(storage_url: str, campaign: str | None, *, workers: int = 2, num_gp
     """Run the campaign's remaining trials on `workers` Ray actors; returns each actor's counts."""
     import ray
 
-    from search.campaign import campaign_study_names
-    from search.campaign import progress as count
-    from storage import open_storage
+    from dal_search.search.campaign import campaign_study_names
+    from dal_search.search.campaign import progress as count
+    from dal_search.storage import open_storage
 
     storage = open_storage(storage_url)
     names = campaign_study_names(storage, campaign)
@@ -106,13 +106,13 @@ def _project_root() -> str:
 
 
 def cmd_pool(args) -> int:
-    from search.cli import UserError, _default_storage
+    from dal_search.search.cli import UserError, _default_storage
 
     url = args.storage or _default_storage()
     campaign = args.campaign
     if args.campaign_file:
-        from search.campaign import create_studies, load_campaign
-        from storage import open_storage
+        from dal_search.search.campaign import create_studies, load_campaign
+        from dal_search.storage import open_storage
 
         camp = load_campaign(args.campaign_file)
         create_studies(open_storage(url), camp)
@@ -130,7 +130,7 @@ def cmd_pool(args) -> int:
 
 
 def register(sub) -> None:
-    from search.commands import _storage_arg
+    from dal_search.search.commands import _storage_arg
 
     p = sub.add_parser("pool", help="run a campaign's trials on a Ray cluster (one actor per worker slot)",
                        description="Run the trials of a campaign on Ray actors that each request --num-gpus "

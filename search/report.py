@@ -16,8 +16,8 @@ import optuna
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from search import analysis
-from search.analysis import NotEnoughTrials
+from dal_search.search import analysis
+from dal_search.search.analysis import NotEnoughTrials
 
 
 def figures(storage: optuna.storages.BaseStorage, campaign: str | None) -> list[tuple[str, go.Figure | str]]:
@@ -57,7 +57,7 @@ def _best_trial(studies: list[optuna.Study]):
 def write_report(storage: optuna.storages.BaseStorage, campaign: str | None, out_html: str | Path,
                  png_dir: str | Path | None = None, figs: list | None = None) -> Path:
     """Write the standalone HTML report (and PNGs into `png_dir`); `figs` reuses figures() already drawn."""
-    from storage.export import study_summaries
+    from dal_search.storage.export import study_summaries
 
     out = Path(out_html)
     figs = figures(storage, campaign) if figs is None else figs

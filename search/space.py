@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from objectives.config import ConfigError, TrainConfig, config_fields
+from dal_search.objectives.config import ConfigError, TrainConfig, config_fields
 
 
 class SpaceError(ValueError):

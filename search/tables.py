@@ -1,6 +1,6 @@
 """Campaign results as Markdown tables: the numbers behind docs/RESULTS.md, computed from the storage.
 
-    python -m search.tables --storage sqlite:///runs/results.db baselines shapes surface daltpe
+    python -m dal_search.search.tables --storage sqlite:///runs/results.db baselines shapes surface daltpe
 
 Every cell is mean ± std over the seeds a trial trained (the per_seed user attr), for the best COMPLETE
 trial of each study by the study's own metric (the noisy validation accuracy unless the campaign said
@@ -16,8 +16,8 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from search.analysis import ARM_NAMES, best_trial
-from search.analysis import campaign_studies as _studies
+from dal_search.search.analysis import ARM_NAMES, best_trial
+from dal_search.search.analysis import campaign_studies as _studies
 
 
 def _cell(rows: list[dict[str, Any]], key: str) -> str:
@@ -99,7 +99,7 @@ def best_params_table(storage, campaign: str) -> str:
 
 
 def main() -> None:
-    from storage import open_storage
+    from dal_search.storage import open_storage
 
     ap = argparse.ArgumentParser(description="Markdown tables of campaign results")
     ap.add_argument("--storage", required=True)

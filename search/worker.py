@@ -26,9 +26,9 @@ from optuna.storages import fail_stale_trials
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState, create_trial
 
-from objectives.config import ConfigError, TrainConfig
-from search.space import suggest
-from storage.attrs import write_trial_results
+from dal_search.objectives.config import ConfigError, TrainConfig
+from dal_search.search.space import suggest
+from dal_search.storage.attrs import write_trial_results
 
 log = logging.getLogger("dal-search.worker")
 REPORTS_PER_TRIAL = 10
@@ -140,7 +140,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | Non
               should_stop: Callable[[], bool] | None = None) -> float:
     """The objective: train the trial's config once per seed; the value is the mean of the study's metric."""
     if train_fn is None:
-        from objectives.train import train as train_fn
+        from dal_search.objectives.train import train as train_fn
     attrs = retrying(lambda: study.user_attrs)
     metric = attrs.get("metric", "val_acc")
     per_epoch_metric = metric.replace("best_", "")
@@ -250,12 +250,12 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
 
     Waits while other workers hold running trials, since one of them may die and its slot be re-queued.
     """
-    from search.campaign import campaign_study_names
+    from dal_search.search.campaign import campaign_study_names
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     names = retrying(campaign_study_names, storage, campaign)  # a worker may start while the database restarts
     if not names:
-        from search.campaign import CampaignError
+        from dal_search.search.campaign import CampaignError
 
         raise CampaignError(f"no studies of campaign {campaign!r} in this storage; create them with "
                             f"'dal-search run CAMPAIGN.yaml' (or 'dal-search studies' to list what is there)")
@@ -345,8 +345,8 @@ def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
 
 
 def _top_up(study: optuna.Study) -> int:
-    from search.campaign import top_up
-    from search.space import all_grid_points
+    from dal_search.search.campaign import top_up
+    from dal_search.search.space import all_grid_points
 
     attrs = study.user_attrs
     grid = all_grid_points(attrs.get("space", {})) if attrs.get("sampler") == "grid" else None

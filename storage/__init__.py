@@ -7,9 +7,9 @@
     StorageError                                       one line naming the fix (a ValueError)
 """
 
-from storage._errors import StorageError
-from storage._proxy import run_storage_proxy
-from storage._url import ACCEPTED, DEFAULT_URL, MAX_RETRY, describe_storage, normalise_url, open_storage
+from dal_search.storage._errors import StorageError
+from dal_search.storage._proxy import run_storage_proxy
+from dal_search.storage._url import ACCEPTED, DEFAULT_URL, MAX_RETRY, describe_storage, normalise_url, open_storage
 
 __all__ = ["open_storage", "describe_storage", "normalise_url", "run_storage_proxy", "StorageError",
            "DEFAULT_URL", "ACCEPTED", "MAX_RETRY"]

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from storage._errors import StorageError, first_line
-from storage._heartbeat import HeartbeatJournalStorage
+from dal_search.storage._errors import StorageError, first_line
+from dal_search.storage._heartbeat import HeartbeatJournalStorage
 
 REDIS_PROBE_TIMEOUT_S = 3
 

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import optuna
 
-from storage._errors import StorageError
-from storage._heartbeat import HeartbeatGrpcStorageProxy
+from dal_search.storage._errors import StorageError
+from dal_search.storage._heartbeat import HeartbeatGrpcStorageProxy
 
 CONNECT_TIMEOUT_S = 5
 READY_TIMEOUT_S = 3  # a gRPC handshake; something else on the port never completes it
@@ -55,7 +55,7 @@ def run_storage_proxy(url: str | None, host: str = "127.0.0.1", port: int = 1300
     """
     from optuna.storages import run_grpc_proxy_server
 
-    from storage._url import open_storage
+    from dal_search.storage._url import open_storage
 
     _check_port_free(host, port)
     storage = open_storage(url, heartbeat_interval=None)

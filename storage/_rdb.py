@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import optuna
 
-from storage._errors import StorageError, first_line
+from dal_search.storage._errors import StorageError, first_line
 
 SQLITE_BUSY_S = 30
 PG_PROBE_TIMEOUT_S = 3

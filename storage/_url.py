@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from storage._errors import StorageError
+from dal_search.storage._errors import StorageError
 
 # Heartbeats, the retry callback and the gRPC proxy are experimental in Optuna 5; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -84,23 +84,23 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int | None = 60,
     }
     scheme = url.split(":", 1)[0].lower()
     if url.startswith("sqlite:///"):
-        from storage._rdb import open_sqlite
+        from dal_search.storage._rdb import open_sqlite
 
         return open_sqlite(url, must_exist=not for_workers, **beat)
     if url.startswith("postgresql+psycopg://"):
-        from storage._rdb import open_postgres
+        from dal_search.storage._rdb import open_postgres
 
         return open_postgres(url, **beat)
     if url.startswith("journal:"):
-        from storage._journal import open_journal_file
+        from dal_search.storage._journal import open_journal_file
 
         return open_journal_file(url[len("journal:"):], must_exist=not for_workers, **beat)
     if url.startswith(("redis://", "rediss://")):
-        from storage._journal import open_redis
+        from dal_search.storage._journal import open_redis
 
         return open_redis(url, **beat)
     if url.startswith("grpc://"):
-        from storage._proxy import open_grpc
+        from dal_search.storage._proxy import open_grpc
 
         return open_grpc(url, **beat)
     hint = {"sqlite": "SQLite needs three slashes: sqlite:///relative/path.db or sqlite:////absolute/path.db; ",

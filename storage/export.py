@@ -34,8 +34,8 @@ import yaml
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.config import ConfigError, TrainConfig
-from storage._errors import StorageError, first_line
+from dal_search.objectives.config import ConfigError, TrainConfig
+from dal_search.storage._errors import StorageError, first_line
 
 log = logging.getLogger("dal-search.storage")
 LIBRARIES = ("torch", "torchvision", "numpy", "optuna", "scikit-learn")

@@ -13,8 +13,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search import analysis, report
-from search.analysis import NotEnoughTrials
+from dal_search.search import analysis, report
+from dal_search.search.analysis import NotEnoughTrials
 
 KEYS = ("test_acc", "best_test_acc", "val_acc", "best_val_acc", "test_acc_at_best_val", "noisy_fit", "clean_fit")
 
@@ -126,7 +126,7 @@ def test_no_study_of_campaign_is_not_enough(storage):
 def test_report_cli_on_empty_storage_is_one_line(tmp_path):
     db = tmp_path / "empty.db"
     optuna.create_study(storage=f"sqlite:///{db}", study_name="unrelated")
-    r = subprocess.run([sys.executable, "-m", "search", "report", "--storage", f"sqlite:///{db}", "--campaign",
+    r = subprocess.run([sys.executable, "-m", "dal_search", "report", "--storage", f"sqlite:///{db}", "--campaign",
                         "nope", "--out", str(tmp_path / "r.html")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
@@ -206,9 +206,9 @@ def test_importances_rank_the_knob_that_moves_accuracy(storage):
 
 @pytest.mark.slow
 def test_trial_curves_plot_the_trainers_schedule_and_memorisation():
-    from objectives.config import TrainConfig
-    from objectives.schedules import dal_schedule
-    from objectives.train import train
+    from dal_search.objectives.config import TrainConfig
+    from dal_search.objectives.schedules import dal_schedule
+    from dal_search.objectives.train import train
 
     cfg = TrainConfig(dataset="digits", loss="dal", q_start=0.6, q_end=1.5, epochs=6, noise="symmetric",
                       noise_rate=0.4, seed=0, threads=1)
@@ -252,7 +252,7 @@ def test_push_to_dashboard_stores_figures_the_dashboard_reads(storage):
 # ------------------------------------------------------------------ the Markdown tables of docs/RESULTS.md
 
 def test_tables_report_the_selected_trial_mean_and_std_in_percent(storage):
-    from search import tables
+    from dal_search.search import tables
 
     make_study(storage, "dal", 0.4, [({"q_start": 0.5, "q_end": 1.5}, [0.9, 0.8]),
                                      ({"q_start": 0.7, "q_end": 1.5}, [0.7, 0.74])], values=[0.5, 0.6])

@@ -9,8 +9,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from storage import open_storage
-from storage.attrs import write_trial_results
+from dal_search.storage import open_storage
+from dal_search.storage.attrs import write_trial_results
 
 
 @pytest.fixture(params=["sqlite", "postgres", "journal"])

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "search", *args], capture_output=True, text=True, timeout=timeout,
+    r = subprocess.run([sys.executable, "-m", "dal_search", *args], capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -59,7 +59,7 @@ def _free_port() -> int:
 def dashboard(finished_campaign):
     url, _ = finished_campaign
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "search", "dashboard", "--storage", url, "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "dal_search", "dashboard", "--storage", url, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -84,7 +84,7 @@ def dashboard(finished_campaign):
 def browser():
     from playwright.sync_api import sync_playwright
 
-    from search.report import CHROMIUM_ARGS
+    from dal_search.search.report import CHROMIUM_ARGS
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -4,9 +4,9 @@ import optuna
 import pytest
 import yaml
 
-from objectives.config import ConfigError, TrainConfig
-from search.campaign import CampaignError, create_studies, load_campaign, parse_campaign, progress
-from search.space import SpaceError, all_grid_points, grid_size, validate_space
+from dal_search.objectives.config import ConfigError, TrainConfig
+from dal_search.search.campaign import CampaignError, create_studies, load_campaign, parse_campaign, progress
+from dal_search.search.space import SpaceError, all_grid_points, grid_size, validate_space
 
 GOOD = {
     "name": "t",

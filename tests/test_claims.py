@@ -8,8 +8,8 @@ import multiprocessing as mp
 import optuna
 import pytest
 
-from search.worker import pop_slot
-from storage import open_storage
+from dal_search.search.worker import pop_slot
+from dal_search.storage import open_storage
 
 SLOTS = 60
 

@@ -693,7 +693,7 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
             assert procs.procs[name].poll() is None, name + ":\n" + procs.log(name)
 
         # The storage: exactly the budget, all COMPLETE, run by both worker nodes (1 CPU each, head 0 CPUs).
-        from storage import open_storage
+        from dal_search.storage import open_storage
 
         storage = open_storage(local_storage, heartbeat_interval=None, for_workers=False)
         import optuna

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from objectives import data as data_mod
-from objectives.data import DataError, clear_cache, load_dataset, split_train_val
+from dal_search.objectives import data as data_mod
+from dal_search.objectives.data import DataError, clear_cache, load_dataset, split_train_val
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

@@ -12,9 +12,9 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from objectives.config import ConfigError, TrainConfig
-from storage import StorageError, open_storage
-from storage.export import export_best, load_train_config, study_summaries
+from dal_search.objectives.config import ConfigError, TrainConfig
+from dal_search.storage import StorageError, open_storage
+from dal_search.storage.export import export_best, load_train_config, study_summaries
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DIST = {"q_start": FloatDistribution(0.1, 1.0), "q_end": FloatDistribution(1.0, 2.0),

@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from storage import open_storage
-from storage.locks import storage_lock, supports_lock
+from dal_search.storage import open_storage
+from dal_search.storage.locks import storage_lock, supports_lock
 
 
 def _url(kind: str, tmp_path: Path, request) -> str:

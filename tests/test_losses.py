@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import objectives.losses as losses_module
-from objectives import config as config_module
-from objectives.config import TrainConfig
-from objectives.losses import LOSSES, bootstrap_term, ce, dal, gce, mae, make_loss, nce_rce, sce
+import dal_search.objectives.losses as losses_module
+from dal_search.objectives import config as config_module
+from dal_search.objectives.config import TrainConfig
+from dal_search.objectives.losses import LOSSES, bootstrap_term, ce, dal, gce, mae, make_loss, nce_rce, sce
 
 N, K = 16, 10
 rng = np.random.default_rng(0)

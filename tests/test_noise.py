@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from objectives.noise import (NoiseError, asymmetric_map, corrupt_labels, label_hash, realized_rate,
+from dal_search.objectives.noise import (NoiseError, asymmetric_map, corrupt_labels, label_hash, realized_rate,
                               transition_matrix)
-from objectives.noise import _trunc_normal
+from dal_search.objectives.noise import _trunc_normal
 
 N = 20000
 _rng = np.random.default_rng(1)

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-import objectives.schedules as schedules_module
-from objectives import config as config_module
-from objectives.schedules import SHAPES, AdaptiveSchedule, dal_schedule, make_schedule
+import dal_search.objectives.schedules as schedules_module
+from dal_search.objectives import config as config_module
+from dal_search.objectives.schedules import SHAPES, AdaptiveSchedule, dal_schedule, make_schedule
 
 STATIC = ("linear", "cosine", "exponential", "step")
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 def cli(*args: str, env: dict | None = None, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "search", *args], cwd=ROOT, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "dal_search", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"dal-search {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -31,12 +31,12 @@ def cli(*args: str, env: dict | None = None, check: bool = True, timeout: float 
 
 
 def spawn(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "search", *args], cwd=ROOT, env={**os.environ, **(env or {})},
+    return subprocess.Popen([sys.executable, "-m", "dal_search", *args], cwd=ROOT, env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def trials_of(url: str, campaign: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
-    from storage import open_storage
+    from dal_search.storage import open_storage
 
     storage = open_storage(url)
     return {s.study_name: s.get_trials() for s in

@@ -24,7 +24,7 @@ import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from storage import DEFAULT_URL, StorageError, describe_storage, normalise_url, open_storage, run_storage_proxy
+from dal_search.storage import DEFAULT_URL, StorageError, describe_storage, normalise_url, open_storage, run_storage_proxy
 from tests import pg, pgserver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,7 +221,7 @@ def test_private_server_wrong_password_writes_nothing_and_restart_is_survived():
 
 KILLED_WORKER = textwrap.dedent("""
     import sys, time, optuna
-    from storage import open_storage
+    from dal_search.storage import open_storage
     url, ready = sys.argv[1], sys.argv[2]
     study = optuna.load_study(study_name="stale", storage=open_storage(url, heartbeat_interval=1, grace_period=2))
     def objective(trial):

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from objectives.config import TrainConfig
-from objectives.train import _crop_flip, train
+from dal_search.objectives.config import TrainConfig
+from dal_search.objectives.train import _crop_flip, train
 
 
 def test_ce_memorises_noisy_labels_while_dal_does_not():
@@ -91,7 +91,7 @@ def test_resnet_trains_on_image_tensors(tmp_path):
 
 
 def test_cli_train_prints_a_json_summary(tmp_path, capsys):
-    from search.cli import main
+    from dal_search.search.cli import main
 
     out = tmp_path / "r.json"
     assert main(["train", "--epochs", "3", "--quiet", "--threads", "1", "--json", str(out)]) == 0

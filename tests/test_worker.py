@@ -7,9 +7,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.campaign import create_studies, parse_campaign
-from search.worker import REPORTS_PER_TRIAL, run_worker
-from storage import open_storage
+from dal_search.search.campaign import create_studies, parse_campaign
+from dal_search.search.worker import REPORTS_PER_TRIAL, run_worker
+from dal_search.storage import open_storage
 
 EPOCHS = 20
 
