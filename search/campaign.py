@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,9 +86,24 @@ class Campaign:
                                       "noise_rate": c.noise_rate, "loss": c.arm, "seed": self.seeds[0]})
 
     def budget(self, arm: str) -> int:
+        """Trials (slots) of each study of `arm`; each trial trains once per seed, so a trial that repeats a
+        parameter set already run would train the very same runs again. Hence:
+
+        - nothing to search (every knob fixed, e.g. `gce: {q: 0.7}`, `ce: {}`): 1 trial;
+        - the grid sampler: each grid point once, whatever `trials` says;
+        - a space of choices only (lists): min(trials, combinations), all combinations when trials is unset,
+          each laid as its own slot so none runs twice (see `_lay_slots`);
+        - otherwise: `trials` (20 when unset)."""
+        from dal_search.search.space import distributions
+
+        space = self.arms[arm]
+        if not distributions(space):
+            return 1
         if self.sampler == "grid":
-            points = grid_size(self.arms[arm])
-            return points * max(1, math.ceil((self.trials or points) / points))
+            return grid_size(space)
+        if _choices_only(space):
+            combos = grid_size(space)
+            return min(int(self.trials or combos), combos)
         return int(self.trials or 20)
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,27 +238,45 @@ def create_studies(storage: optuna.storages.BaseStorage, camp: Campaign) -> list
     """Create (or find) the campaign's studies and lay down their trial slots. Idempotent.
 
     A study that exists with a different condition, space, budget or base config is an error: its trials
-    would not be comparable. Rename the campaign to start afresh.
+    would not be comparable. Rename the campaign to start afresh. One exception: a study laid down under an
+    earlier budget rule (e.g. 10 identical trials for an arm with nothing to search, before such arms ran
+    once) whose campaign asked for the same `budget.trials` keeps the budget it was created with, so
+    re-running the same campaign file resumes it; nothing stored is rewritten.
     """
     names = []
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     for c in camp.conditions():
         attrs = study_attrs(camp, c)
+        budget = attrs["budget"]
         if c.study_name in existing:
             old = existing[c.study_name].user_attrs
-            for key in ("base_config", "space", "budget", "seeds", "metric", "sampler"):
+            for key in ("base_config", "space", "seeds", "metric", "sampler"):
                 if _canon(old.get(key)) != _canon(attrs[key]):
                     raise CampaignError(
                         f"study {c.study_name} already exists with a different {key}; "
                         f"give the campaign a new name to start a new search (nothing was changed)")
+            if _canon(old.get("budget")) != _canon(budget):
+                if _requested_trials(old) != camp.trials:
+                    raise CampaignError(
+                        f"study {c.study_name} already exists with a different budget; "
+                        f"give the campaign a new name to start a new search (nothing was changed)")
+                budget = int(old["budget"])  # laid under an earlier budget rule: resume it as it was
         study = optuna.create_study(storage=storage, study_name=c.study_name, direction="maximize",
                                     load_if_exists=True)
         if c.study_name not in existing:
             for k, v in attrs.items():
                 study.set_user_attr(k, v)
-        _lay_slots(study, camp, c)
+        _lay_slots(study, camp, c, budget)
         names.append(c.study_name)
     return names
+
+
+def _requested_trials(attrs: dict[str, Any]) -> Any:
+    """The `budget.trials` the campaign that created a study asked for ('missing' when not recorded)."""
+    spec = attrs.get("campaign_spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("budget"), dict):
+        return "missing"
+    return spec["budget"].get("trials")
 
 
 def _canon(v: Any) -> str:
@@ -254,8 +286,52 @@ def _canon(v: Any) -> str:
 SLOT_WINDOW = 8  # WAITING slots kept ahead of the workers when the storage can lock
 
 
-def _lay_slots(study: optuna.Study, camp: Campaign, c: Condition) -> None:
-    top_up(study, camp.budget(c.arm), all_grid_points(camp.arms[c.arm]) if camp.sampler == "grid" else None)
+def _choices_only(space: dict[str, Any]) -> bool:
+    """True when every searched field of `space` is a list of choices (and at least one is searched)."""
+    from optuna.distributions import CategoricalDistribution
+
+    from dal_search.search.space import distributions
+
+    dists = distributions(space)
+    return bool(dists) and all(isinstance(d, CategoricalDistribution) for d in dists.values())
+
+
+def _lay_slots(study: optuna.Study, camp: Campaign, c: Condition, budget: int | None = None) -> None:
+    """Lay the study's slots: grid points for the grid sampler; for a space of choices only, every slot
+    its own distinct combination, all laid now (workers top up without knowing the combinations, and a
+    sampler left to draw from a handful of choices repeats them); else open slots a window at a time."""
+    space = camp.arms[c.arm]
+    budget = camp.budget(c.arm) if budget is None else budget
+    if camp.sampler == "grid":
+        top_up(study, budget, all_grid_points(space))
+    elif _choices_only(space) and budget == camp.budget(c.arm):
+        _lay_combinations(study, space, budget)
+    else:
+        top_up(study, budget)
+
+
+def _lay_combinations(study: optuna.Study, space: dict[str, Any], budget: int) -> int:
+    """Lay slots 0..budget-1, slot i holding combination i of the space's choices. With fewer slots than
+    combinations, which ones run is a shuffle seeded by the study name (random search without replacement,
+    the same on every re-run). Retry slots of failed trials keep their params and do not count."""
+    import random
+
+    from dal_search.storage.locks import storage_lock, supports_lock
+
+    points = all_grid_points(space)
+    if budget < len(points):
+        random.Random(study.study_name).shuffle(points)
+
+    def lay() -> int:
+        slots = [t for t in study.get_trials(deepcopy=False) if "failed_trial" not in t.system_attrs]
+        for i in range(len(slots), budget):
+            study.enqueue_trial(points[i], user_attrs={"slot": i}, skip_if_exists=False)
+        return max(0, budget - len(slots))
+
+    if not supports_lock(study._storage):
+        return lay()
+    with storage_lock(study._storage, f"slots:{study.study_name}"):
+        return lay()
 
 
 def top_up(study: optuna.Study, budget: int, grid_points: list[dict[str, Any]] | None = None) -> int:
