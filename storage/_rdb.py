@@ -60,8 +60,29 @@ def _enable_wal(path: Path) -> None:
         finally:
             conn.close()
     except sqlite3.DatabaseError as e:
-        raise StorageError(f"{path} is not a usable SQLite database ({first_line(e)}); "
+        raise StorageError(_unwritable(path) or f"{path} is not a usable SQLite database ({first_line(e)}); "
                            f"point --storage at a .db file made by dal-search or at a new path") from None
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why this process cannot write the database, if that is why SQLite failed, else None.
+
+    SQLite says "unable to open database file" or "attempt to write a readonly database" when it is refused
+    the file, its folder (WAL keeps PATH-wal and PATH-shm beside it) or those side files: in Docker, a
+    folder mounted from the host and owned by root while the container runs as uid 1000. Checked only after
+    SQLite failed, so a writable but corrupt file still gets "not a usable SQLite database".
+    """
+    uid, gid = os.getuid(), os.getgid()
+    docker = 'or run the container as your own user: --user "$(id -u):$(id -g)"'
+    folder = path.parent
+    for side in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if side.exists() and not os.access(side, os.R_OK | os.W_OK):
+            return (f"cannot write the SQLite database: {side} is not writable by this user (uid {uid}); "
+                    f"fix: chown {uid}:{gid} {side} (on the host, for a mounted folder), {docker}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (f"cannot write the SQLite database {path}: the folder {folder} is not writable by this user "
+                f"(uid {uid}); fix: chown {uid}:{gid} {folder} (on the host, for a mounted folder), {docker}")
+    return None
 
 
 def _sqlite_pragmas(storage: optuna.storages.RDBStorage) -> None:
