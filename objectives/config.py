@@ -12,12 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
-LOSSES = ("ce", "mae", "gce", "sce", "nce_rce", "dal")
-SCHEDULES = ("linear", "cosine", "exponential", "step", "adaptive")
-BOOTSTRAPS = ("soft", "hard")
-NOISE_KINDS = ("none", "symmetric", "symmetric-exclusive", "asymmetric", "instance", "file")
-MODELS = ("auto", "mlp", "cnn", "resnet18", "resnet34")
+# Datasets, losses, schedule shapes, noise kinds and models are checked against their registries (each in the
+# module that defines them: data.DATASETS, losses.LOSSES, schedules.SCHEDULES, noise.NOISE_KINDS,
+# models.MODELS), imported on first validation so that reading this module costs nothing.
 DEVICES = ("auto", "cpu", "cuda")
 METRICS = ("val_acc", "test_acc", "best_test_acc", "best_val_acc")
 
@@ -38,7 +35,7 @@ class TrainConfig:
     noise_rate: float = 0.4
     noise_file: str | None = None  # .npy of labels, or CIFAR-N .pt as "path.pt:worse_label"
     # model
-    model: str = "auto"  # auto: mlp for digits, cnn for (fashion-)mnist, resnet18 for cifar
+    model: str = "auto"  # auto: the dataset's default (mlp for digits, cnn for (fashion-)mnist, resnet18 for cifar)
     # loss
     loss: str = "dal"
     q: float = 0.7  # GCE's q
@@ -81,18 +78,27 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
-    def resolved_model(self) -> str:
+    def resolved_model(self, input_shape: tuple[int, ...] | None = None) -> str:
+        """The model name: `model`, or for "auto" the dataset's default (which may depend on the input shape,
+        e.g. for a user's own data: pass it once the data is loaded)."""
         if self.model != "auto":
             return self.model
-        return {"digits": "mlp", "mnist": "cnn", "fashion-mnist": "cnn"}.get(self.dataset, "resnet18")
+        default = _dataset_entry(self.dataset).get("model", "mlp")
+        if callable(default):
+            return default(input_shape) if input_shape is not None else "auto"
+        return default
 
     def resolved_lr(self) -> float:
+        """`lr`, or the dataset's default (the paper's 0.01; 0.05 for digits' small MLP)."""
         if self.lr is not None:
             return self.lr
-        return 0.05 if self.dataset == "digits" else 0.01
+        return float(_dataset_entry(self.dataset).get("lr", 0.01))
 
     def resolved_augment(self) -> bool:
-        return self.dataset.startswith("cifar") if self.augment is None else self.augment
+        """`augment`, or the dataset's default (random crop + flip for CIFAR, none otherwise)."""
+        if self.augment is not None:
+            return self.augment
+        return bool(_dataset_entry(self.dataset).get("augment", False))
 
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
@@ -134,13 +140,32 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
 
 
+def _registered(value: str, registry) -> None:
+    try:
+        registry.resolve(value)
+    except ValueError as e:  # the registry's message lists what exists
+        raise ConfigError(str(e)) from None
+
+
+def _dataset_entry(name: str):
+    from dal_search.objectives.data import DATASETS
+
+    try:
+        return DATASETS.resolve(name)[0]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def validate(c: TrainConfig) -> None:
-    _choice("dataset", c.dataset, DATASETS)
-    _choice("loss", c.loss, LOSSES)
-    _choice("schedule", c.schedule, SCHEDULES)
+    from dal_search.objectives.registry import load_all
+    from dal_search.objectives.losses import BOOTSTRAPS
+
+    registries = load_all()
+    for name in ("dataset", "loss", "schedule", "noise"):
+        _registered(getattr(c, name), registries[name])
+    if c.model != "auto":
+        _registered(c.model, registries["model"])
     _choice("bootstrap", c.bootstrap, BOOTSTRAPS)
-    _choice("noise", c.noise, NOISE_KINDS)
-    _choice("model", c.model, MODELS)
     _choice("device", c.device, DEVICES)
     for name in ("noise_rate", "q", "alpha", "beta", "q_start", "q_end", "bootstrap_scale", "resolved_lr",
                  "momentum", "weight_decay", "val_fraction"):
@@ -150,7 +175,7 @@ def validate(c: TrainConfig) -> None:
             raise ConfigError(f"config field {name.replace('resolved_', '')!r} must be a finite number, got {v!r}")
     if not 0.0 <= c.noise_rate < 1.0:
         raise ConfigError(f"noise_rate must be in [0, 1), got {c.noise_rate}")
-    if c.noise == "file" and not c.noise_file:
+    if "path" in registries["noise"][c.noise].get("needs", ()) and not c.noise_file:
         raise ConfigError("noise 'file' needs noise_file (a .npy of labels or a CIFAR-N .pt as PATH.pt:KEY)")
     if c.q <= 0:
         raise ConfigError(f"q must be > 0 (GCE's exponent), got {c.q}")
@@ -176,5 +201,4 @@ def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
 
 
-__all__ = ["TrainConfig", "ConfigError", "validate", "config_fields", "DATASETS", "LOSSES", "SCHEDULES",
-           "BOOTSTRAPS", "NOISE_KINDS", "MODELS", "DEVICES", "METRICS"]
+__all__ = ["TrainConfig", "ConfigError", "validate", "config_fields", "DEVICES", "METRICS"]

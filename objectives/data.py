@@ -44,9 +44,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
-_TITLE = {"digits": "digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
-          "cifar100": "CIFAR-100"}
+from dal_search.objectives.registry import Registry
+
+# Every dataset, in the order lists show them. An entry is a loader `fn(arg, root, download) -> Dataset` (arg is
+# the text after the prefix for a prefix entry such as `npz:PATH`, else None) and records what a TrainConfig
+# resolves from the dataset: `model` (the default network: a name, or a function of the input shape),
+# `lr` (the default learning rate) and `augment` (random crop + flip by default), and `files` (whether it
+# reads files under data_dir, so the cache key includes the folder).
+DATASETS = Registry("dataset")
+
 _FOLDER = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py",
            "cifar100": "cifar-100-python"}
 _NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
@@ -91,12 +97,22 @@ class Dataset:
 def load_dataset(name: str, root: str | Path = "./data", download: bool = False) -> Dataset:
     """The dataset `name` (see DATASETS) from `root`, loaded once per process and then served from memory."""
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    key = (name, "" if name == "digits" else str(Path(root).expanduser().resolve()))
+        raise DataError(f"unknown dataset {name!r}; choose one of: {DATASETS.choices()}")
+    entry, arg = DATASETS.resolve(name)
+    key = (name, str(Path(root).expanduser().resolve()) if entry.get("files", True) else "")
     with _CACHE_LOCK:  # one load per key even when threads of one worker ask at once
         if key not in _CACHE:
-            _CACHE[key] = _digits() if name == "digits" else _torchvision(name, Path(key[1]), download)
+            _CACHE[key] = entry.obj(arg, Path(key[1] or root), download)
         return _CACHE[key]
+
+
+def dataset_title(name: str) -> str:
+    """A dataset's name as people write it ('Fashion-MNIST'), for figures and messages."""
+    try:
+        entry, arg = DATASETS.resolve(name)
+    except ValueError:
+        return name
+    return entry.title if arg is None else name
 
 
 def clear_cache() -> None:
@@ -124,7 +140,9 @@ def split_train_val(labels, val_fraction: float, seed: int) -> tuple[np.ndarray,
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def _digits() -> Dataset:
+@DATASETS.register("digits", title="digits", help="scikit-learn's 8x8 digits, embedded: no download, seconds on "
+                   "a CPU", model="mlp", lr=0.05, augment=False, files=False)
+def _digits(arg=None, root=None, download=False) -> Dataset:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -144,6 +162,30 @@ def _digits() -> Dataset:
 
 
 # ---------------------------------------------------------------- torchvision sets
+
+@DATASETS.register("mnist", title="MNIST", help="MNIST from --data-dir (torchvision layout)", model="cnn", lr=0.01,
+                   augment=False)
+def _mnist(arg, root: Path, download: bool) -> Dataset:
+    return _torchvision("mnist", root, download)
+
+
+@DATASETS.register("fashion-mnist", title="Fashion-MNIST", help="Fashion-MNIST from --data-dir (torchvision layout)",
+                   model="cnn", lr=0.01, augment=False)
+def _fashion_mnist(arg, root: Path, download: bool) -> Dataset:
+    return _torchvision("fashion-mnist", root, download)
+
+
+@DATASETS.register("cifar10", title="CIFAR-10", help="CIFAR-10 python version from --data-dir", model="resnet18",
+                   lr=0.01, augment=True)
+def _cifar10(arg, root: Path, download: bool) -> Dataset:
+    return _torchvision("cifar10", root, download)
+
+
+@DATASETS.register("cifar100", title="CIFAR-100", help="CIFAR-100 python version from --data-dir", model="resnet18",
+                   lr=0.01, augment=True)
+def _cifar100(arg, root: Path, download: bool) -> Dataset:
+    return _torchvision("cifar100", root, download)
+
 
 
 @functools.lru_cache(maxsize=None)
@@ -198,8 +240,8 @@ def _download(name: str, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         fetcher.download()
     except Exception as e:  # noqa: BLE001 - no network, a proxy, a full disk: one message for the user
-        raise DataError(f"could not download {_TITLE[name]} into {root / _FOLDER[name]} ({_brief(e)}): check the "
-                        f"internet connection, or put the files there by hand and drop --download") from None
+        raise DataError(f"could not download {DATASETS[name].title} into {root / _FOLDER[name]} ({_brief(e)}): "
+                        f"check the internet connection, or put the files there by hand and drop --download") from None
 
 
 def _unpack_gz(title: str, folder: Path) -> None:
@@ -220,7 +262,7 @@ def _unpack_gz(title: str, folder: Path) -> None:
 
 
 def _torchvision(name: str, root: Path, download: bool) -> Dataset:
-    title, folder = _TITLE[name], root / _FOLDER[name]
+    title, folder = DATASETS[name].title, root / _FOLDER[name]
     if download and _missing_files(name, root):
         _download(name, root)
     missing = _missing_files(name, root)
@@ -277,4 +319,4 @@ def _brief(e: Exception) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-__all__ = ["Dataset", "DataError", "load_dataset", "split_train_val", "clear_cache", "DATASETS"]
+__all__ = ["Dataset", "DataError", "load_dataset", "split_train_val", "clear_cache", "dataset_title", "DATASETS"]

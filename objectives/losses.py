@@ -35,10 +35,20 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from dal_search.objectives.registry import Registry
+
 P_MIN = 1e-6  # GCE's clamp of p before the power, and the entropy's epsilon inside the log
 RCE_A = -math.log(1e-4)  # RCE's constant: log(0) of the one-hot target replaced by log(1e-4)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
+BOOTSTRAPS = ("soft", "hard")
+
+# Every loss dal-search knows, in the order lists show them. An entry records `params` (the TrainConfig fields
+# it takes as keywords), `space` (the search space of an arm that names the loss without one of its own, or a
+# function returning it) and `scheduled` (it takes DAL's per-epoch q and lambda). Register a new loss with
+# `@LOSSES.register(...)` on a function `fn(logits, y, **params) -> scalar`; every list, help text and default
+# search space follows.
+LOSSES = Registry("loss")
 
 
 def _check(logits: torch.Tensor, y: torch.Tensor) -> None:
@@ -63,18 +73,22 @@ def _gce_from_p(p: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
     return ((1.0 - p_y.pow(q)) / q).mean()
 
 
+@LOSSES.register("ce", title="CE", help="cross-entropy, -log p_y", space={})
 def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy `mean(-log p_y)`, computed from log-softmax (stable for large logits)."""
     _check(logits, y)
     return F.cross_entropy(_f32(logits), y)
 
 
+@LOSSES.register("mae", title="MAE", help="mean absolute error, 1 - p_y", space={})
 def mae(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean absolute error to the one-hot label, halved: `mean(1 - p_y)`, in [0, 1]. Robust, slow to fit."""
     _check(logits, y)
     return (1.0 - F.softmax(_f32(logits), dim=1).gather(1, y.view(-1, 1))).mean()
 
 
+@LOSSES.register("gce", title="GCE", help="generalised CE, (1 - p_y^q) / q (uses --q)", params=("q",),
+                 space={"q": {"low": 0.1, "high": 1.0}})
 def gce(logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
     """Generalised cross-entropy `mean((1 - p_y^q) / q)` with p_y clamped to [1e-6, 1] before the power.
 
@@ -87,6 +101,9 @@ def gce(logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
     return _gce_from_p(F.softmax(_f32(logits), dim=1), y, q)
 
 
+@LOSSES.register("sce", title="SCE", help="symmetric CE, alpha CE + beta RCE (uses --alpha, --beta)",
+                 params=("alpha", "beta"), space={"alpha": {"low": 0.01, "high": 10.0, "log": True},
+                                                  "beta": {"low": 0.01, "high": 10.0, "log": True}})
 def sce(logits: torch.Tensor, y: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
     """Symmetric CE `alpha * CE + beta * RCE`, RCE = -log(1e-4) * (1 - p_y) (Wang et al. 2019)."""
     _check(logits, y)
@@ -94,6 +111,9 @@ def sce(logits: torch.Tensor, y: torch.Tensor, alpha: float = 1.0, beta: float =
     return alpha * (-log_p_y).mean() + beta * RCE_A * (1.0 - log_p_y.exp()).mean()
 
 
+@LOSSES.register("nce_rce", title="NCE+RCE", help="alpha NCE + beta RCE (uses --alpha, --beta)",
+                 params=("alpha", "beta"), space={"alpha": {"low": 0.01, "high": 10.0, "log": True},
+                                                  "beta": {"low": 0.01, "high": 10.0, "log": True}})
 def nce_rce(logits: torch.Tensor, y: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
     """`alpha * NCE + beta * RCE` (Ma et al. 2020), NCE = (-log p_y) / (-sum_k log p_k), from log-softmax.
 
@@ -106,6 +126,12 @@ def nce_rce(logits: torch.Tensor, y: torch.Tensor, alpha: float = 1.0, beta: flo
     log_p_y = log_p.gather(1, y.view(-1, 1)).squeeze(1)
     nce = log_p_y / log_p.sum(dim=1)  # the two minus signs cancel
     return alpha * nce.mean() + beta * RCE_A * (1.0 - log_p_y.exp()).mean()
+
+
+def _searchable_shapes() -> list[str]:
+    from dal_search.objectives.schedules import SCHEDULES
+
+    return [e.name for e in SCHEDULES if e.get("searchable", True)]
 
 
 def _bootstrap_sum(p: torch.Tensor, z: torch.Tensor, kind: str) -> torch.Tensor:
@@ -126,6 +152,12 @@ def bootstrap_term(logits: torch.Tensor, kind: str = "soft") -> torch.Tensor:
     return -_bootstrap_sum(F.softmax(z, dim=1), z, kind) / z.shape[0]
 
 
+@LOSSES.register("dal", title="DAL", help="Dynamics-Aware Loss: GCE with q(t) plus lambda(t) bootstrapping "
+                 "(uses --q-start, --q-end, --schedule, --bootstrap, --bootstrap-scale)", params=("bootstrap",),
+                 scheduled=True, space=lambda: {
+                     "q_start": {"low": 0.1, "high": 1.0}, "q_end": {"low": 1.0, "high": 2.5},
+                     "schedule": _searchable_shapes(), "bootstrap": list(BOOTSTRAPS),
+                     "bootstrap_scale": {"low": 0.0, "high": 2.0}})
 def dal(logits: torch.Tensor, y: torch.Tensor, q: float, lam: float, bootstrap: str = "soft") -> torch.Tensor:
     """Dynamics-Aware Loss for one epoch's (q, lam): `gce(q) + lam * L_BS / (q * ln K)` (PAPER.md).
 
@@ -142,7 +174,7 @@ def dal(logits: torch.Tensor, y: torch.Tensor, q: float, lam: float, bootstrap: 
     _check_q(q)
     if not lam >= 0:
         raise ValueError(f"DAL's lambda must be >= 0, got {lam}")
-    if bootstrap not in ("soft", "hard"):
+    if bootstrap not in BOOTSTRAPS:
         raise ValueError(f"unknown bootstrap {bootstrap!r}; choose soft or hard")
     z = _f32(logits)
     p = F.softmax(z, dim=1)
@@ -154,42 +186,31 @@ def dal(logits: torch.Tensor, y: torch.Tensor, q: float, lam: float, bootstrap: 
     return torch.add(loss, _bootstrap_sum(p, z, bootstrap), alpha=-lam / (q * math.log(k) * z.shape[0]))
 
 
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "ce": ce, "mae": mae, "gce": gce, "sce": sce, "nce_rce": nce_rce, "dal": dal,
-}
-
-
 def make_loss(config) -> LossFn:
     """The per-batch loss of a `TrainConfig` as `fn(logits, y, q, lam) -> scalar`.
 
-    The trainer passes each epoch's schedule values q(i), lambda(i). DAL uses them, multiplies lam by
-    `config.bootstrap_scale` here (1.0 is the paper; 0 turns bootstrapping off) and uses `config.bootstrap`.
-    GCE uses `config.q`; SCE and NCE+RCE use `config.alpha` and `config.beta`; these and CE/MAE ignore q, lam.
+    The registry entry of `config.loss` says what it reads: its `params` (TrainConfig fields passed as
+    keywords, e.g. GCE's `q`, SCE's `alpha` and `beta`) and whether it is `scheduled` (it takes the
+    schedule's per-epoch q(i) and lambda(i); lambda is multiplied by `config.bootstrap_scale` here, 1.0 being
+    the paper and 0 turning bootstrapping off). Losses that are not scheduled ignore q and lam.
 
-    >>> from objectives.config import TrainConfig
+    >>> from dal_search.objectives.config import TrainConfig
     >>> fn = make_loss(TrainConfig(loss="gce", q=0.7))
     >>> z, y = torch.zeros(2, 10), torch.tensor([1, 2])
     >>> fn(z, y, 1.4, 0.5).item() == gce(z, y, 0.7).item()
     True
     """
-    name = config.loss
-    if name == "dal":
-        scale, kind = float(config.bootstrap_scale), config.bootstrap
+    entry = LOSSES[config.loss]
+    fn = entry.obj
+    bound = {name: getattr(config, name) for name in entry.get("params", ())}
+    if entry.get("scheduled"):
+        scale = float(config.bootstrap_scale)
 
-        def dal_loss(logits, y, q, lam):
-            return dal(logits, y, q, lam * scale, kind)
-        return dal_loss
-    if name == "gce":
-        q_gce = float(config.q)
-        return lambda logits, y, q, lam: gce(logits, y, q_gce)
-    if name in ("sce", "nce_rce"):
-        fn, a, b = LOSSES[name], float(config.alpha), float(config.beta)
-        return lambda logits, y, q, lam: fn(logits, y, a, b)
-    if name in ("ce", "mae"):
-        fn = LOSSES[name]
-        return lambda logits, y, q, lam: fn(logits, y)
-    raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
+        def scheduled_loss(logits, y, q, lam):
+            return fn(logits, y, q=q, lam=lam * scale, **bound)
+        return scheduled_loss
+    return lambda logits, y, q, lam: fn(logits, y, **bound)
 
 
-__all__ = ["ce", "mae", "gce", "sce", "nce_rce", "dal", "bootstrap_term", "LOSSES", "make_loss", "LossFn",
+__all__ = ["ce", "mae", "gce", "sce", "nce_rce", "dal", "bootstrap_term", "LOSSES", "BOOTSTRAPS", "make_loss", "LossFn",
            "P_MIN", "RCE_A"]

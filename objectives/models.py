@@ -13,7 +13,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-MODEL_NAMES = ("mlp", "cnn", "resnet18", "resnet34")
+from dal_search.objectives.registry import Registry
+
+# Every network, in the order lists show them: a factory `fn(input_shape, num_classes) -> nn.Module`, the
+# input shape without the batch axis. `auto` in a TrainConfig means the dataset's default (data.DATASETS).
+MODELS = Registry("model")
 
 
 class MLP(nn.Module):
@@ -112,14 +116,33 @@ def _as_image(shape: tuple[int, ...]) -> tuple[int, int, int]:
     raise ValueError(f"a convolutional model needs image inputs (C, H, W), got shape {tuple(shape)}")
 
 
+@MODELS.register("mlp", help="2 hidden layers of 256 (digits' default)")
+def _mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return MLP(math.prod(input_shape), num_classes)
+
+
+@MODELS.register("cnn", help="3 conv layers and a 2-layer head (MNIST's default)")
+def _cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return SmallCNN(input_shape, num_classes)
+
+
+@MODELS.register("resnet18", help="CIFAR ResNet-18, PAPER.md's network (CIFAR's default)")
+def _resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return CifarResNet((2, 2, 2, 2), input_shape, num_classes)
+
+
+@MODELS.register("resnet34", help="CIFAR ResNet-34")
+def _resnet34(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return CifarResNet((3, 4, 6, 3), input_shape, num_classes)
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The network `name` for inputs of `input_shape` (without the batch axis) and `num_classes` outputs."""
-    if name == "mlp":
-        return MLP(math.prod(input_shape), num_classes)
-    if name == "cnn":
-        return SmallCNN(input_shape, num_classes)
-    if name == "resnet18":
-        return CifarResNet((2, 2, 2, 2), input_shape, num_classes)
-    if name == "resnet34":
-        return CifarResNet((3, 4, 6, 3), input_shape, num_classes)
-    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    """The network `name` (see MODELS) for inputs of `input_shape` (without the batch axis), `num_classes`
+    outputs. Raises ValueError (UnknownName) for a name no entry answers to."""
+    entry, arg = MODELS.resolve(name)
+    if arg is None:
+        return entry.obj(tuple(input_shape), num_classes)
+    return entry.obj(arg, tuple(input_shape), num_classes)
+
+
+__all__ = ["MODELS", "build_model", "MLP", "SmallCNN", "CifarResNet"]

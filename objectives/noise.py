@@ -49,7 +49,13 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("none", "symmetric", "symmetric-exclusive", "asymmetric", "instance", "file")
+from dal_search.objectives.registry import Registry
+
+# Every noise kind, in the order lists show them. A kind registers its generator `fn(y, rate, num_classes,
+# rng, features=None, dataset=None, path=None) -> labels` (y a fresh int64 copy it may modify) and records
+# `needs` (which of features / dataset / path it reads) and `random` (False: rate and seed play no part, e.g.
+# labels read from a file). A random kind at rate 0 returns the clean labels without being called.
+NOISE_KINDS = Registry("noise kind")
 
 # CIFAR-100 fine class -> superclass (coarse) index, fine classes 0..99, as PAPER.md gives it.
 CIFAR100_COARSE = np.array([
@@ -96,32 +102,64 @@ def corrupt_labels(labels, kind: str, rate: float, num_classes: int, seed: int, 
     `asymmetric`, `path` only for `file`.  Raises NoiseError for an unknown kind, a rate outside [0, 1),
     labels outside [0, num_classes), and a missing or unusable label file.
     """
-    if kind not in KINDS:
-        raise NoiseError(f"unknown noise kind {kind!r}; choose one of: {', '.join(KINDS)}")
+    if kind not in NOISE_KINDS:
+        raise NoiseError(f"unknown noise kind {kind!r}; choose one of: {NOISE_KINDS.choices()}")
+    entry = NOISE_KINDS[kind]
     if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating, np.integer)) or not 0 <= rate < 1:
         raise NoiseError(f"noise rate must be a number in [0, 1), got {rate!r}; e.g. 0.4 for 40 %")
     y = _as_labels(labels, num_classes, "labels")
-    if kind == "file":
-        return read_label_file(path, y, num_classes)
-    if kind == "none" or rate == 0:
-        return y
-    if num_classes < 2:
-        raise NoiseError(f"label noise needs at least 2 classes, got num_classes={num_classes}")
-    rng = np.random.default_rng(seed)
-    n = len(y)
-    if kind in ("symmetric", "symmetric-exclusive"):
-        flip = rng.random(n) < rate
-        if kind == "symmetric":
-            y[flip] = rng.integers(0, num_classes, size=int(flip.sum()))
-        else:  # a uniform non-zero offset is a uniform draw among the K-1 other classes
-            y[flip] = (y[flip] + rng.integers(1, num_classes, size=int(flip.sum()))) % num_classes
-        return y
-    if kind == "asymmetric":
-        target = asymmetric_map(dataset, num_classes)
-        flip = rng.random(n) < rate
-        y[flip] = target[y[flip]]
-        return y
-    return _instance(y, float(rate), num_classes, rng, features)
+    if entry.get("random", True):
+        if rate == 0:
+            return y
+        if num_classes < 2:
+            raise NoiseError(f"label noise needs at least 2 classes, got num_classes={num_classes}")
+    return entry.obj(y, float(rate), num_classes, np.random.default_rng(seed), features=features, dataset=dataset,
+                     path=path)
+
+
+@NOISE_KINDS.register("none", help="the labels as given", random=False)
+def _none(y: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator, **_) -> np.ndarray:
+    return y
+
+
+@NOISE_KINDS.register("symmetric", help="the paper's: with probability r a label is redrawn from ALL K classes "
+                      "(realised rate about r (K-1)/K)")
+def _symmetric(y: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator, **_) -> np.ndarray:
+    flip = rng.random(len(y)) < rate
+    y[flip] = rng.integers(0, num_classes, size=int(flip.sum()))
+    return y
+
+
+@NOISE_KINDS.register("symmetric-exclusive", help="with probability r a label flips to another class (realised ~ r)")
+def _symmetric_exclusive(y: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator,
+                         **_) -> np.ndarray:
+    flip = rng.random(len(y)) < rate  # the same samples as `symmetric` of the same seed
+    # a uniform non-zero offset is a uniform draw among the K-1 other classes
+    y[flip] = (y[flip] + rng.integers(1, num_classes, size=int(flip.sum()))) % num_classes
+    return y
+
+
+@NOISE_KINDS.register("asymmetric", help="class-dependent flips with probability r (the dataset's mapping)",
+                      needs=("dataset",))
+def _asymmetric(y: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator, dataset=None,
+                **_) -> np.ndarray:
+    target = asymmetric_map(dataset, num_classes)
+    flip = rng.random(len(y)) < rate
+    y[flip] = target[y[flip]]
+    return y
+
+
+@NOISE_KINDS.register("instance", help="Xia et al. 2020 instance-dependent flips (realised ~ r)",
+                      needs=("features",))
+def _instance_kind(y: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator, features=None,
+                   **_) -> np.ndarray:
+    return _instance(y, rate, num_classes, rng, features)
+
+
+@NOISE_KINDS.register("file", help="labels read from --noise-file (.npy, or a CIFAR-N .pt as PATH.pt:KEY)",
+                      needs=("path",), random=False)
+def _file(y: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator, path=None, **_) -> np.ndarray:
+    return read_label_file(path, y, num_classes)
 
 
 def _as_labels(labels, num_classes: int, what: str) -> np.ndarray:
@@ -319,4 +357,4 @@ def label_hash(labels) -> str:
 
 
 __all__ = ["corrupt_labels", "realized_rate", "transition_matrix", "label_hash", "asymmetric_map",
-           "read_label_file", "NoiseError", "KINDS", "CIFAR100_COARSE", "CIFAR10_FLIPS", "MNIST_FLIPS"]
+           "read_label_file", "NoiseError", "NOISE_KINDS", "CIFAR100_COARSE", "CIFAR10_FLIPS", "MNIST_FLIPS"]

@@ -54,20 +54,42 @@ where it was (the pace floor still applies); None is allowed only at epoch 0 (no
 
 from __future__ import annotations
 
+import inspect
 import math
+from dataclasses import dataclass
 from typing import Callable
 
-SHAPES = ("linear", "cosine", "exponential", "step", "adaptive")
-_OPTIONS = {"linear": (), "cosine": (), "exponential": ("k",), "step": ("steps",),
-            "adaptive": ("target", "min_pace")}
+from dal_search.objectives.registry import Registry
+
+# Every schedule shape, in the order lists show them. A static shape registers a factory `(**options) ->
+# Progress` (its f, and f^-1 or the plateaus at which q jumps); a shape that needs the learning status
+# registers its class with `needs_status=True`. `searchable=False` keeps a shape out of default search spaces.
+SCHEDULES = Registry("schedule")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A static shape's progress f: [0, 1) -> [0, 1), and how to find the epoch t0 at which q passes 1:
+    `inverse` (f^-1) for a continuous f, else `plateaus` (the x at which a step function jumps)."""
+
+    f: Callable[[float], float]
+    inverse: Callable[[float], float] | None = None
+    plateaus: Callable[[], list[float]] | None = None
+
+
+def options(shape: str) -> tuple[str, ...]:
+    """The keyword options `shape` takes (exponential: k; step: steps; adaptive: target, min_pace)."""
+    entry = SCHEDULES[shape]
+    params = inspect.signature(entry.obj).parameters
+    skip = ("self", "q_start", "q_end", "epochs") if entry.get("needs_status") else ()
+    return tuple(n for n in params if n not in skip)
 
 
 def _check(q_start: float, q_end: float, epochs: int, shape: str, kw: dict) -> None:
-    if shape not in SHAPES:
-        raise ValueError(f"unknown schedule shape {shape!r}; choose one of: {', '.join(SHAPES)}")
-    unknown = sorted(set(kw) - set(_OPTIONS[shape]))
+    SCHEDULES[shape]  # raises UnknownName (a ValueError) listing the shapes
+    unknown = sorted(set(kw) - set(options(shape)))
     if unknown:
-        takes = ", ".join(_OPTIONS[shape]) or "no options"
+        takes = ", ".join(options(shape)) or "no options"
         raise ValueError(f"schedule {shape!r} does not take {unknown[0]!r}; it takes: {takes}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -82,23 +104,29 @@ def _check_epoch(epoch: int, epochs: int) -> None:
         raise ValueError(f"epoch must be in 0..{epochs - 1}, got {epoch}")
 
 
-def _progress(shape: str, k: float = 3.0, steps: int = 4) -> tuple[Callable[[float], float],
-                                                                    Callable[[float], float] | None]:
-    """(f, f^-1) of a continuous static shape; step's t0 is found on its plateaus instead (f^-1 None)."""
-    if shape == "linear":
-        return (lambda x: x), (lambda c: c)
-    if shape == "cosine":
-        return (lambda x: (1 - math.cos(math.pi * x)) / 2), (lambda c: math.acos(1 - 2 * c) / math.pi)
-    if shape == "exponential":
-        if not (math.isfinite(k) and k != 0):
-            raise ValueError(f"exponential schedule needs a finite k != 0 (k = 3 is the default), got {k}")
-        scale = math.expm1(k)
-        return (lambda x: math.expm1(k * x) / scale), (lambda c: math.log1p(c * scale) / k)
-    if shape == "step":
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"step schedule needs an integer steps >= 1, got {steps!r}")
-        return (lambda x: math.floor(x * steps) / steps), None
-    raise AssertionError(shape)
+@SCHEDULES.register("linear", help="the paper's rule: q(i) = q_s + (q_e - q_s) i / E")
+def _linear() -> Progress:
+    return Progress(lambda x: x, inverse=lambda c: c)
+
+
+@SCHEDULES.register("cosine", help="slow start and slow finish: f(x) = (1 - cos(pi x)) / 2")
+def _cosine() -> Progress:
+    return Progress(lambda x: (1 - math.cos(math.pi * x)) / 2, inverse=lambda c: math.acos(1 - 2 * c) / math.pi)
+
+
+@SCHEDULES.register("exponential", help="stays longer in the fitting regime: f(x) = (e^(k x) - 1) / (e^k - 1), k = 3")
+def _exponential(k: float = 3.0) -> Progress:
+    if not (math.isfinite(k) and k != 0):
+        raise ValueError(f"exponential schedule needs a finite k != 0 (k = 3 is the default), got {k}")
+    scale = math.expm1(k)
+    return Progress(lambda x: math.expm1(k * x) / scale, inverse=lambda c: math.log1p(c * scale) / k)
+
+
+@SCHEDULES.register("step", help="plateaus of constant q: f(x) = floor(n x) / n, n = 4 steps")
+def _step(steps: int = 4) -> Progress:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"step schedule needs an integer steps >= 1, got {steps!r}")
+    return Progress(lambda x: math.floor(x * steps) / steps, plateaus=lambda: [j / steps for j in range(steps)])
 
 
 def _lam_past_one(q_start: float, q_end: float) -> float | None:
@@ -122,10 +150,11 @@ class StaticSchedule:
 
     def __init__(self, q_start: float, q_end: float, epochs: int, shape: str = "linear", **kw: float):
         _check(q_start, q_end, epochs, shape, kw)
-        if shape == "adaptive":
-            raise ValueError("the adaptive schedule needs the learning status: use make_schedule(..., 'adaptive')")
+        if SCHEDULES[shape].get("needs_status"):
+            raise ValueError(f"the {shape} schedule needs the learning status: use make_schedule(..., {shape!r})")
         self.q_start, self.q_end, self.epochs, self.shape = float(q_start), float(q_end), epochs, shape
-        self.f, f_inv = _progress(shape, **kw)
+        progress = SCHEDULES[shape].obj(**kw)
+        self.f, f_inv = progress.f, progress.inverse
         span = self.q_end - self.q_start
         self.fixed_lam = _lam_past_one(self.q_start, self.q_end)
         if self.fixed_lam is not None:
@@ -134,10 +163,8 @@ class StaticSchedule:
             self.t0 = (1 - self.q_start) * epochs / span  # the paper's formula, exactly as written
         elif f_inv is not None:
             self.t0 = epochs * f_inv((1 - self.q_start) / span)
-        else:  # step: the first plateau whose q is past 1, computed as the q values themselves are
-            n = kw.get("steps", 4)
-            j = next((j for j in range(n) if self.q_start + span * (j / n) > 1), n)
-            self.t0 = epochs * j / n
+        else:  # plateaus (step): the first one whose q is past 1, computed as the q values themselves are
+            self.t0 = epochs * next((x for x in progress.plateaus() if self.q_start + span * x > 1), 1.0)
 
     def q_at(self, epoch: int) -> float:
         if self.shape == "linear":  # the paper's expression, term for term
@@ -155,6 +182,8 @@ class StaticSchedule:
         return q, max(0.0, (epoch - self.t0) / (self.epochs - self.t0))
 
 
+@SCHEDULES.register("adaptive", help="driven by the learning status: q moves as the net's agreement with "
+                    "its labels rises (target 0.9, min_pace 0.5)", needs_status=True)
 class AdaptiveSchedule:
     """(q, lambda) driven by the learning status the trainer feeds each epoch (rule: the module docstring).
 
@@ -207,18 +236,23 @@ class AdaptiveSchedule:
         c = (1 - self.q_start) / (self.q_end - self.q_start)
         return q, max(0.0, (p - c) / (1 - c))
 
+    def preview(self) -> list[tuple[float, float]]:
+        """The (q, lambda) of its pace floor alone (a status that never rises): the slowest it can go."""
+        return [self.at(min(1.0, self.min_pace * i / self.epochs)) for i in range(self.epochs)]
+
 
 def make_schedule(q_start: float, q_end: float, epochs: int, shape: str = "linear", **kw: float):
     """A schedule object: `sched(epoch, status=None) -> (q, lam)` for epoch in 0..E-1.
 
-    `sched.needs_status` is True only for `adaptive`, which the trainer must feed the learning status each
-    epoch after the first. Options: exponential `k` (3), step `steps` (4), adaptive `target` (0.9) and
-    `min_pace` (0.5). Raises ValueError for an unknown shape or option, epochs < 1, q_start <= 0 or
-    q_end < q_start.
+    `sched.needs_status` is True for shapes (`adaptive`) that the trainer must feed the learning status each
+    epoch after the first. Options (`options(shape)`): exponential `k` (3), step `steps` (4), adaptive
+    `target` (0.9) and `min_pace` (0.5). Raises ValueError for an unknown shape or option, epochs < 1,
+    q_start <= 0 or q_end < q_start.
     """
-    if shape == "adaptive":
-        _check(q_start, q_end, epochs, shape, kw)
-        return AdaptiveSchedule(q_start, q_end, epochs, **kw)
+    _check(q_start, q_end, epochs, shape, kw)
+    entry = SCHEDULES[shape]
+    if inspect.isclass(entry.obj):  # a schedule with state of its own (adaptive)
+        return entry.obj(q_start, q_end, epochs, **kw)
     return StaticSchedule(q_start, q_end, epochs, shape, **kw)
 
 
@@ -226,13 +260,14 @@ def dal_schedule(q_start: float, q_end: float, epochs: int, shape: str = "linear
                  **kw: float) -> list[tuple[float, float]]:
     """The per-epoch (q, lambda) pairs for epochs 0..E-1 (length E).
 
-    For `adaptive`, which depends on the run, these are the pairs of its pace floor alone (a status that
-    never rises): the slowest it can go.
+    A shape that depends on the run (`adaptive`) gives its `preview()`: for adaptive, the pairs of its pace
+    floor alone (a status that never rises), the slowest it can go.
     """
     sched = make_schedule(q_start, q_end, epochs, shape, **kw)
-    if isinstance(sched, AdaptiveSchedule):
-        return [sched.at(min(1.0, sched.min_pace * i / epochs)) for i in range(epochs)]
+    if hasattr(sched, "preview"):
+        return sched.preview()
     return [sched(i) for i in range(epochs)]
 
 
-__all__ = ["SHAPES", "dal_schedule", "make_schedule", "StaticSchedule", "AdaptiveSchedule"]
+__all__ = ["SCHEDULES", "Progress", "options", "dal_schedule", "make_schedule", "StaticSchedule",
+           "AdaptiveSchedule"]

@@ -30,7 +30,7 @@ from dal_search.objectives.config import TrainConfig
 from dal_search.objectives.data import load_dataset, split_train_val
 from dal_search.objectives.losses import make_loss
 from dal_search.objectives.models import build_model
-from dal_search.objectives.noise import corrupt_labels, label_hash, realized_rate
+from dal_search.objectives.noise import NOISE_KINDS, corrupt_labels, label_hash, realized_rate
 from dal_search.objectives.schedules import make_schedule
 
 Report = Callable[[int, dict[str, float]], None]
@@ -62,7 +62,7 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     noisy_pool = corrupt_labels(
         clean_pool, kind=config.noise, rate=config.noise_rate, num_classes=data.num_classes,
         seed=config.seed, features=data.train_x.reshape(len(clean_pool), -1).numpy()
-        if config.noise == "instance" else None,
+        if "features" in NOISE_KINDS[config.noise].get("needs", ()) else None,
         dataset=config.dataset, path=config.noise_file,
     )
     train_idx, val_idx = split_train_val(noisy_pool, config.val_fraction, config.seed)
@@ -80,7 +80,7 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     n_noisy = int(is_noisy.sum())
 
     # --- network, optimiser, learning-rate schedule (the paper's: SGD + cosine annealing over the epochs)
-    model = build_model(config.resolved_model(), tuple(data.train_x.shape[1:]), data.num_classes).to(device)
+    model = build_model(config.resolved_model(data.input_shape), data.input_shape, data.num_classes).to(device)
     if device.type == "cuda" and x_train.dim() == 4:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.resolved_lr(), momentum=config.momentum,

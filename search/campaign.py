@@ -9,7 +9,7 @@ A campaign file (YAML):
       asymmetric: [0.4]
     arms:                             # losses compared, each with its search space (see search/space.py);
       dal: {q_start: {low: 0.2, high: 1.0}, q_end: {low: 1.0, high: 2.0}}
-      gce: {q: 0.7}                   # a scalar is fixed; `arm: default` takes DEFAULT_SPACES[arm]
+      gce: {q: 0.7}                   # a scalar is fixed; `arm: default` takes the loss's registered space
       ce: {}
     budget: {trials: 8, seeds: [0, 1]}   # trials per study; each trial trains once per seed (value = mean)
     train: {epochs: 30, lr: 0.05}     # the base TrainConfig of every trial
@@ -37,8 +37,8 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from dal_search.objectives.config import METRICS, NOISE_KINDS, ConfigError, TrainConfig
-from dal_search.search.space import DEFAULT_SPACES, SpaceError, all_grid_points, grid_size, validate_space
+from dal_search.objectives.config import METRICS, ConfigError, TrainConfig
+from dal_search.search.space import SpaceError, all_grid_points, default_space, grid_size, validate_space
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband")
@@ -149,10 +149,13 @@ def parse_campaign(spec: Any, source: str = "campaign") -> Campaign:
     noise = spec.get("noise", {"symmetric": [0.4]})
     if not isinstance(noise, dict) or not noise:
         raise CampaignError(f"{source}: 'noise' must map noise kinds to lists of rates, e.g. symmetric: [0.2, 0.4]")
+    from dal_search.objectives.losses import LOSSES
+    from dal_search.objectives.noise import NOISE_KINDS
+
     noise_rates: dict[str, list[float]] = {}
     for kind, rates in noise.items():
         if kind not in NOISE_KINDS:
-            raise CampaignError(f"{source}: unknown noise kind {kind!r}; choose from {', '.join(NOISE_KINDS)}")
+            raise CampaignError(f"{source}: unknown noise kind {kind!r}; choose from {NOISE_KINDS.choices()}")
         rates = _as_list(rates, f"noise.{kind}", source)
         for r in rates:
             if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
@@ -192,10 +195,10 @@ def parse_campaign(spec: Any, source: str = "campaign") -> Campaign:
 
     arms: dict[str, dict[str, Any]] = {}
     for arm, space in arms_spec.items():
-        if arm not in DEFAULT_SPACES:
-            raise CampaignError(f"{source}: unknown arm {arm!r}; arms are losses: {', '.join(DEFAULT_SPACES)}")
+        if arm not in LOSSES:
+            raise CampaignError(f"{source}: unknown arm {arm!r}; arms are losses: {LOSSES.choices()}")
         if space in ("default", None):
-            space = DEFAULT_SPACES[arm]
+            space = default_space(arm)
         arms[arm] = space
     camp = Campaign(name=name, datasets=[str(d) for d in datasets], noise=noise_rates, arms=arms, trials=trials,
                     seeds=[int(s) for s in seeds], train=train, sampler=sampler, pruner=pruner, metric=metric,

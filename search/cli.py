@@ -41,28 +41,45 @@ def _default_storage() -> str:
 
 # ---------------------------------------------------------------- train
 
+# Help of the flags whose values are not registry names (those list their registry: see _flag_help).
 _FLAG_HELP = {
-    "dataset": "digits (embedded, no download), mnist, fashion-mnist, cifar10, cifar100",
     "data_dir": "folder holding the torchvision datasets",
     "download": "let torchvision download the dataset into --data-dir",
     "val_fraction": "share of the (noisy) training pool held out as the noisy validation split",
-    "noise": "none, symmetric (paper: resample over all K), symmetric-exclusive, asymmetric, instance, file",
     "noise_rate": "nominal noise rate r in [0, 1)",
     "noise_file": "labels for --noise file: a .npy, or a CIFAR-N .pt as PATH.pt:KEY (e.g. :worse_label)",
-    "model": "auto (mlp for digits, cnn for MNIST, resnet18 for CIFAR), mlp, cnn, resnet18, resnet34",
-    "loss": "ce, mae, gce, sce, nce_rce, dal",
     "q": "GCE's q",
     "alpha": "SCE / NCE+RCE alpha",
     "beta": "SCE / NCE+RCE beta",
     "q_start": "DAL q_s (q at the first epoch)",
     "q_end": "DAL q_e (q approached at the last epoch)",
-    "schedule": "shape of q(t): linear (paper), cosine, exponential, step, adaptive",
     "bootstrap": "DAL bootstrap term: soft (entropy, paper's final form) or hard (argmax label)",
     "bootstrap_scale": "multiplies lambda(i); 1 is the paper",
     "threads": "torch CPU threads",
     "amp": "bf16 autocast (default: on for CUDA, off on CPU)",
-    "augment": "random crop + flip (default: on for CIFAR)",
+    "augment": "random crop + flip (default: the dataset's: on for CIFAR, off otherwise)",
+    "lr": "SGD learning rate (default: the dataset's: 0.05 for digits, 0.01 otherwise, the paper's)",
+    "epochs": "training epochs",
+    "batch_size": "minibatch size",
+    "seed": "seed of the noise draw, the split, the initialisation and the batch order",
+    "device": "auto (CUDA when visible), cpu or cuda",
 }
+
+
+def _flag_help(name: str, default: Any) -> str:
+    """A train flag's help; flags whose values are registry names list the registry (loaded here: torch)."""
+    from dal_search.objectives.registry import load_all
+
+    registries = load_all()
+    kinds = {"dataset": "dataset", "loss": "loss", "schedule": "schedule", "noise": "noise", "model": "model"}
+    if name in kinds:
+        registry = registries[kinds[name]]
+        text = f"{registry.kind}: {registry.choices()}"
+        if name == "model":
+            text = "auto (the dataset's default), or " + text
+        return f"{text} (default: {default})"
+    text = _FLAG_HELP.get(name, name.replace("_", " "))
+    return text if "(default:" in text else f"{text} (default: {default})"
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -72,14 +89,35 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     for f in config_fields():
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
-        help_text = _FLAG_HELP.get(f.name, f.name.replace("_", " "))
-        default_note = f" (default: {f.default})"
+        help_text = _flag_help(f.name, f.default)
         if kind.startswith("bool"):
-            g.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                           help=help_text + default_note)
+            g.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            g.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
-                           help=help_text + default_note)
+            g.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose arguments may be added on first use (`lazy(fn)`): the train flags list the
+    registries, which imports torch, so they are added only when `train` is parsed or its help is shown and
+    `dal-search --help` and the other commands stay fast."""
+
+    _pending: Callable[["_Parser"], None] | None = None
+
+    def lazy(self, add: Callable[["_Parser"], None]) -> None:
+        self._pending = add
+
+    def _complete(self) -> None:
+        if self._pending is not None:
+            add, self._pending = self._pending, None
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -172,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                "journal:./runs/x.log, redis://host:6379/0, grpc://host:13000. "
                "Run 'dal-search COMMAND --help' for each command.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train one config and print a JSON summary",
                        description="Train one config (digits by default: no download, seconds on a CPU) and "
@@ -183,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="also write the full result (per-epoch history) to OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--seeds", metavar="S1,S2,...", help="train once per seed and print mean and std over seeds")
-    _add_train_flags(p)
+    p.lazy(_add_train_flags)
     p.set_defaults(func=cmd_train)
 
     for register in _extra_commands():

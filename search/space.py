@@ -27,17 +27,17 @@ class SpaceError(ValueError):
     """A search space is invalid; the message names the field."""
 
 
-# The knobs each arm explores when a campaign names the arm without a space of its own.
-DEFAULT_SPACES: dict[str, dict[str, Any]] = {
-    "dal": {"q_start": {"low": 0.1, "high": 1.0}, "q_end": {"low": 1.0, "high": 2.5},
-            "schedule": ["linear", "cosine", "exponential", "step", "adaptive"],
-            "bootstrap": ["soft", "hard"], "bootstrap_scale": {"low": 0.0, "high": 2.0}},
-    "gce": {"q": {"low": 0.1, "high": 1.0}},
-    "sce": {"alpha": {"low": 0.01, "high": 10.0, "log": True}, "beta": {"low": 0.01, "high": 10.0, "log": True}},
-    "nce_rce": {"alpha": {"low": 0.01, "high": 10.0, "log": True}, "beta": {"low": 0.01, "high": 10.0, "log": True}},
-    "ce": {},
-    "mae": {},
-}
+def default_space(arm: str) -> dict[str, Any]:
+    """The knobs arm `arm` (a loss name) explores when a campaign names it without a space of its own: the
+    `space` its loss registered (objectives.losses.LOSSES). Raises SpaceError for an unknown loss."""
+    from dal_search.objectives.losses import LOSSES
+
+    try:
+        space = LOSSES[arm].get("space", {})
+    except ValueError as e:
+        raise SpaceError(f"{e} (an arm is a loss)") from None
+    return dict(space() if callable(space) else space)
+
 
 _FIELDS = {f.name: str(f.type) for f in config_fields()}
 _NOT_SEARCHABLE = {"seed", "dataset", "noise", "noise_rate", "noise_file", "data_dir", "download", "device", "loss"}
