@@ -8,11 +8,18 @@ sampler seed. Nothing is kept in Ray: the storage is the only state, so
   held goes stale via its heartbeat and is re-queued for whichever worker is free;
 - Ctrl-C of the driver asks every actor to stop: each re-queues its running trial, then the driver leaves;
 - a database restart costs the actors a few failed connections, which the worker loop retries.
+
+A pool without `--address` starts a private Ray cluster on this machine that listens on 127.0.0.1 only and
+requires Ray's token auth (`RAY_AUTH_TOKEN` when set, else a fresh random token that only its own processes
+know), whatever `RAY_AUTH_MODE` says: an open Ray cluster runs any code that anyone who reaches it submits.
+With `--address` the pool joins that cluster as it is; the cluster must use token auth (compose does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import sys
 import threading
 import time
@@ -65,10 +72,21 @@ def run_pool(storage_url: str, campaign: str | None, *, workers: int = 2, num_gp
     storage = open_storage(storage_url)
     names = campaign_study_names(storage, campaign)
     owns_ray = not ray.is_initialized()
+    secured = contextlib.ExitStack()
     if owns_ray:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [_project_root(),
-                                                                                      os.environ.get("PYTHONPATH")]))}})
+        if address is None:  # "local": never join a cluster found through RAY_ADDRESS or a `ray start` file
+            secured.enter_context(_private_cluster_env())
+        try:
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
+                     runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [
+                         _project_root(), os.environ.get("PYTHONPATH")]))}})
+            if address is None:
+                _check_loopback(ray.get_runtime_context().gcs_address)
+        except BaseException:
+            if ray.is_initialized():
+                ray.shutdown()
+            secured.close()
+            raise
     bar = None
     try:
         Worker = _actor_class().options(num_cpus=num_cpus, num_gpus=num_gpus)
@@ -99,6 +117,53 @@ def run_pool(storage_url: str, campaign: str | None, *, workers: int = 2, num_gp
             bar.close()
         if owns_ray:
             ray.shutdown()
+            secured.close()
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@contextlib.contextmanager
+def _private_cluster_env():
+    """The environment under which this process starts its own Ray: token auth with RAY_AUTH_TOKEN or a fresh
+    256-bit token, and every Ray process of the cluster on 127.0.0.1. Restored afterwards.
+
+    Ray (2.60) binds its gRPC servers (GCS, raylet, object manager, workers) and agents to the node's IP, and
+    takes 127.0.0.1 as the node IP only when RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (a `_node_ip_address` of
+    127.0.0.1 is replaced by the machine's routable address). The variables reach the GCS, raylet and workers
+    because they inherit this process's environment; Ray's cached copies in this process are refreshed in case
+    `ray` was imported before.
+    """
+    import ray._private.ray_constants as ray_constants
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    wanted = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32),
+              "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    before = {k: os.environ.get(k) for k in wanted}
+    cluster_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(wanted)
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import from the variable above
+    Config.initialize("")  # Ray's C++ config caches RAY_AUTH_MODE
+    AuthenticationTokenLoader.instance().reset_cache()
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_flag
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _check_loopback(gcs_address: str) -> None:
+    """Refuse to run on a cluster this process started if Ray advertised it beyond this machine after all."""
+    host = gcs_address.rsplit(":", 1)[0].strip("[]")
+    if host not in LOOPBACK:
+        raise RuntimeError(f"the local Ray cluster came up on {gcs_address}, not 127.0.0.1: this Ray version "
+                           f"ignores RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; refusing to run on an exposed cluster")
 
 
 def _project_root() -> str:
@@ -140,7 +205,9 @@ def register(sub) -> None:
     _storage_arg(p)
     p.add_argument("--campaign", default=None, help="name of a campaign already in the storage")
     p.add_argument("--address", default=None,
-                   help="Ray cluster address (HOST:PORT of a running head, or 'auto'); default: start a local one")
+                   help="Ray cluster to join: HOST:PORT of a running head, or 'auto' ($RAY_ADDRESS, or the cluster "
+                        "'ray start' made here); it must use token auth. Default: start a private cluster on "
+                        "127.0.0.1 with a fresh token")
     p.add_argument("--workers", type=int, default=2, help="actors (worker slots), default 2")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor; 0.25 = four actors per GPU")
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor (also its torch threads)")

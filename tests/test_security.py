@@ -1,0 +1,151 @@
+"""Open doors, closed: the local Ray pool listens on loopback only and asks for a token, a crafted CIFAR file
+cannot run code, and the dashboard asks for credentials and refuses writes unless told otherwise."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_search import ROOT, _wait_for_running
+
+pytestmark = pytest.mark.slow
+
+
+# ---------------------------------------------------------------- processes and their listening sockets
+
+def _listening_by_inode() -> dict[str, tuple[str, int]]:
+    """Every listening TCP socket of this network namespace: inode -> (address, port)."""
+    found = {}
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if f[3] != "0A":  # TCP_LISTEN
+                continue
+            addr, port = f[1].split(":")
+            raw = bytes.fromhex(addr)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # host-order 32-bit words
+            found[f[9]] = (socket.inet_ntop(family, raw), int(port, 16))
+    return found
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _listening(pids: list[int]) -> list[tuple[int, str, str, int]]:
+    """(pid, process name, address, port) of every listening TCP socket the processes hold."""
+    sockets = _listening_by_inode()
+    rows = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            inode = target[len("socket:["):-1] if target.startswith("socket:[") else None
+            if inode in sockets:
+                rows.add((pid, name, *sockets[inode]))
+    return sorted(rows)
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
+_GCS_CLIENT = """
+import sys
+from ray._raylet import GcsClient
+try:
+    GcsClient(address=sys.argv[1]).internal_kv_keys(b"", None, timeout=10)
+except Exception as e:
+    print(type(e).__name__)
+    sys.exit(1)
+print("served")
+"""
+
+
+def _gcs_client(address: str, **ray_env: str) -> str:
+    """What a bare GCS client with these RAY_* variables gets: 'served' or the error's type."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | ray_env
+    r = subprocess.run([sys.executable, "-c", _GCS_CLIENT, address], env=env, capture_output=True, text=True,
+                       timeout=60)
+    return (r.stdout.strip().splitlines() or [r.stderr[-300:]])[-1]
+
+
+# ---------------------------------------------------------------- 1. the local Ray pool
+
+
+def test_local_pool_listens_on_loopback_only_and_requires_its_token(tmp_path, campaign_file):
+    """`dal-search pool` without --address, under RAY_AUTH_MODE=disabled as the test suite sets it: every
+    listening socket of the driver and all its descendants (GCS, raylet, agents, actors) is on loopback, and
+    the GCS serves a client holding the pool's fresh token and refuses one without it."""
+    url = f"sqlite:///{tmp_path}/sec.db"
+    path = campaign_file(name="secpool", trials=2, epochs=400)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    env.update(RAY_AUTH_MODE="disabled", DAL_SEARCH_HEARTBEAT="1", DAL_SEARCH_GRACE="4")
+    driver = subprocess.Popen([sys.executable, "-m", "dal_search", "pool", path, "--storage", url, "--workers", "1",
+                               "--quiet"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        _wait_for_running(url, "secpool")  # the actor is up and training: every kind of Ray process exists
+        pids = _descendants(driver.pid)
+        sockets = _listening(pids)
+        names = {name for _, name, _, _ in sockets}
+        assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::") for n in names), sockets
+        exposed = [s for s in sockets if not _is_loopback(s[2])]
+        assert not exposed, f"listening beyond loopback: {exposed}"
+
+        gcs_pid = next(pid for pid, name, _, _ in sockets if name == "gcs_server")
+        gcs_ports = {port for pid, _, _, port in sockets if pid == gcs_pid}
+        assert len(gcs_ports) == 1, sockets
+        gcs = f"127.0.0.1:{gcs_ports.pop()}"
+        token = _environ(gcs_pid).get("RAY_AUTH_TOKEN", "")
+        assert re.fullmatch(r"[0-9a-f]{64}", token), "the pool's cluster got no fresh 256-bit token"
+        assert _environ(gcs_pid).get("RAY_AUTH_MODE") == "token"
+        assert _gcs_client(gcs, RAY_AUTH_MODE="disabled") == "AuthenticationError"
+        assert _gcs_client(gcs, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64) == "AuthenticationError"
+        assert _gcs_client(gcs, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token) == "served"  # the refusal is the token
+
+        driver.send_signal(signal.SIGINT)  # Ctrl-C: the trial is re-queued and Ray shut down
+        assert driver.wait(timeout=120) == 130, driver.stderr.read()[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
