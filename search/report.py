@@ -1,6 +1,10 @@
 """The report: every analysis figure of a campaign in one standalone HTML file (plotly.js inlined, so it
 opens with no network), the findings in words, a table of studies; optionally PNGs; and the same figures
 and findings pushed into optuna-dashboard (custom plots and the study note) so the dashboard shows them.
+
+The findings are `analysis.findings`: each comparison with n seeds, the mean difference, its 95 % interval
+and a verdict (search/stats.py), each selection with what it rests on. `HOW_TO_READ` heads them in both
+places.
 """
 
 from __future__ import annotations
@@ -20,6 +24,14 @@ from dal_search.search import analysis
 from dal_search.search.analysis import NotEnoughTrials
 
 
+HOW_TO_READ = ("Each comparison gives the mean difference over seeds in points of accuracy, its 95 % interval "
+               "(Student t over seeds, paired by seed: a seed is one noise draw and split, the same for every arm) "
+               "and a verdict: better / worse when the interval excludes 0, no detectable difference when it "
+               "contains 0, too few seeds to tell under 3 seeds. Best trials, the best baseline and the best "
+               "q_s x q_e point are chosen on the campaign's selection metric, never on test accuracy unless the "
+               "campaign's metric is a test accuracy.")
+
+
 def figures(storage: optuna.storages.BaseStorage, campaign: str | None) -> list[tuple[str, go.Figure | str]]:
     """(title, figure) for each analysis of the campaign; a figure that cannot be drawn is its reason."""
     studies = analysis.campaign_studies(storage, campaign)
@@ -34,8 +46,9 @@ def figures(storage: optuna.storages.BaseStorage, campaign: str | None) -> list[
     if best_dal is not None:
         study, trial = best_dal
         items.append((f"Best DAL trial: {study.study_name} #{trial.number}",
-                      lambda: analysis.trial_curves(trial, f"{study.study_name} trial {trial.number}: "
-                                                           f"q(t), lambda(t), learning and memorisation")))
+                      lambda: analysis.trial_curves(trial, f"{study.study_name} trial {trial.number} (best on "
+                                                           f"{analysis.selected_on([study])}): q(t), lambda(t), "
+                                                           f"learning and memorisation (first seed, n=1)")))
     for s in studies:
         if s.user_attrs.get("arm") == "dal" and len(s.user_attrs.get("space") or {}) > 1:
             items.append((f"Importances: {s.study_name}", lambda s=s: analysis.importances(s)))
@@ -66,7 +79,8 @@ def write_report(storage: optuna.storages.BaseStorage, campaign: str | None, out
     rows = [r for r in study_summaries(storage) if campaign is None or r.get("campaign") == campaign]
     parts = [f"<h1>dal-search report: {html.escape(str(campaign or 'all campaigns'))}</h1>",
              "<h2>Findings</h2>",
-             "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in found) + "</ul>" if found
+             (f"<p class='how'>{html.escape(HOW_TO_READ)}</p><ul class='findings'>"
+              + "".join(f"<li>{html.escape(f)}</li>" for f in found) + "</ul>") if found
              else "<p>Not enough trials for findings yet.</p>"]
     first = True
     for title, fig in figs:
@@ -159,7 +173,7 @@ def push_to_dashboard(storage: optuna.storages.BaseStorage, campaign: str | None
             fitted = go.Figure(fig).update_layout(width=None, autosize=True, height=440)
             save_plotly_graph_object(study, fitted, graph_object_id=f"dal-{_slug(title)}")
             saved += 1
-        note = [f"## dal-search: {study.study_name}", "", *(f"- {f}" for f in found)] if found else \
-            [f"## dal-search: {study.study_name}", "", "Not enough trials for findings yet."]
+        note = [f"## dal-search: {study.study_name}", "", HOW_TO_READ, "", *(f"- {f}" for f in found)] if found \
+            else [f"## dal-search: {study.study_name}", "", "Not enough trials for findings yet."]
         save_note(study, "\n".join(note))
     return saved

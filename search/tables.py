@@ -2,115 +2,260 @@
 
     python -m dal_search.search.tables --storage sqlite:///runs/results.db baselines shapes surface daltpe
 
-Every cell is mean ± std over the seeds a trial trained (the per_seed user attr), for the best COMPLETE
-trial of each study by the study's own metric (the noisy validation accuracy unless the campaign said
-otherwise), so a table never selects on clean test labels.
+For each campaign it prints what applies: with several arms, each arm's best trial (mean ± std over seeds)
+and DAL against the best baseline and against each baseline; with several schedule shapes, each shape (per
+seed, averaged over its trials) and each shape against linear; with a q_s x q_e surface, the grid per noise
+rate and each setting's best point against its runner-up and the worst point; the best params of searched
+DAL studies.
+
+Selection never uses clean test labels unless the campaign did (`metric: test_acc`): a study's best trial,
+the best baseline and the best q_s x q_e point are chosen on the study's own metric (the noisy validation
+accuracy by default). Every comparison is search/stats.py: the mean difference over seeds in points, its
+95 % Student t interval (paired by seed: the same seed is the same noise draw and split), n and the verdict.
+Cells are in % of accuracy; "± std" is the sample standard deviation over seeds; a cell with one seed has
+no spread and says n=1.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 from collections import defaultdict
 from typing import Any
 
-from optuna.trial import TrialState
-
-from dal_search.search.analysis import ARM_NAMES, best_trial
+from dal_search.search import analysis, stats
+from dal_search.search.analysis import ARM_NAMES, KEY_WORDS, best_trial, seed_map, seed_means
 from dal_search.search.analysis import campaign_studies as _studies
 
+LABELS = {"test_acc": "last epoch", "best_test_acc": "best epoch", "test_acc_at_best_val": "at best val",
+          "noisy_fit": "noisy fit (last epoch)", "clean_fit": "clean fit (last epoch)"}
+_ORDER = {"symmetric": 0, "symmetric-exclusive": 1, "asymmetric": 2, "instance": 3, "file": 4}
 
-def _cell(rows: list[dict[str, Any]], key: str) -> str:
-    vals = [r[key] for r in rows if r.get(key) is not None]
-    if not vals:
+
+def _cell(values: list[float], n: int | None = None) -> str:
+    """'95.9 ± 0.7' (% over seeds); '(n=k)' appended when k differs from the table's n; one value: 'n=1'."""
+    if not values:
         return "-"
-    sd = statistics.pstdev(vals) if len(vals) > 1 else 0.0
-    return f"{100 * statistics.fmean(vals):.1f} ± {100 * sd:.1f}"
+    mean, sd = stats.spread(values)
+    if sd is None:
+        return f"{100 * mean:.1f} (n=1)"
+    return f"{100 * mean:.1f} ± {100 * sd:.1f}" + (f" (n={len(values)})" if n is not None and len(values) != n else "")
 
 
 def _condition(attrs: dict[str, Any]) -> str:
     return f"{attrs['noise']} {int(round(100 * attrs['noise_rate']))} %"
 
 
+def _cond_label(c: analysis.Cond) -> str:
+    return f"{c[1]} {int(round(100 * c[2]))} %"
+
+
+def _cond_key(c: tuple) -> tuple:
+    return _ORDER.get(c[1], 9), c[2], c[0]
+
+
+def _seeds_caption(counts: list[int]) -> str:
+    if not counts:
+        return "no seeds"
+    top = max(set(counts), key=counts.count)
+    return f"n={top} seed{'s' if top != 1 else ''}"
+
+
+def _arm_sort(arm: str) -> int:
+    return list(ARM_NAMES).index(arm) if arm in ARM_NAMES else 99
+
+
 def arm_table(storage, campaign: str, key: str = "test_acc", label: str = "") -> str:
     """Rows: arms; columns: noise conditions; cells: the best trial's `key`, mean ± std over its seeds."""
-    cells: dict[str, dict[str, str]] = defaultdict(dict)
-    conds: list[tuple[str, float, str]] = []
+    values: dict[str, dict[tuple, list[float]]] = defaultdict(dict)
+    conds: set[tuple] = set()
     for study in _studies(storage, campaign):
-        a = study.user_attrs
+        c = analysis._cond(study)
+        conds.add(c)
         t = best_trial(study)
-        cond = _condition(a)
-        if (a["noise"], a["noise_rate"], cond) not in conds:
-            conds.append((a["noise"], a["noise_rate"], cond))
-        cells[a["arm"]][cond] = _cell(t.user_attrs.get("per_seed", []), key) if t else "-"
-    order = {"symmetric": 0, "symmetric-exclusive": 1, "asymmetric": 2, "instance": 3, "file": 4}
-    conds.sort(key=lambda c: (order.get(c[0], 9), c[1]))
-    head = [c[2] for c in conds]
-    lines = [f"| {label or key} | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
-    for arm in sorted(cells, key=lambda a: list(ARM_NAMES).index(a) if a in ARM_NAMES else 99):
-        lines.append(f"| {ARM_NAMES.get(arm, arm)} | " + " | ".join(cells[arm].get(h, "-") for h in head) + " |")
+        values[study.user_attrs["arm"]][c] = list(seed_map(t, key).values()) if t else []
+    order = sorted(conds, key=_cond_key)
+    counts = [len(v) for row in values.values() for v in row.values() if v]
+    n = max(set(counts), key=counts.count) if counts else None
+    head = [_cond_label(c) for c in order]
+    lines = [f"| {label or key} ({_seeds_caption(counts)}) | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for arm in sorted(values, key=_arm_sort):
+        lines.append(f"| {ARM_NAMES.get(arm, arm)} | " + " | ".join(_cell(values[arm].get(c, []), n) for c in order)
+                     + " |")
     return "\n".join(lines)
 
 
-def param_table(storage, campaign: str, param: str, key: str = "test_acc") -> str:
-    """Rows: values of `param` (e.g. schedule); columns: noise conditions; cells: mean ± std over seeds of
-    the trials with that value (all complete trials, e.g. a grid)."""
-    cells: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    conds = []
-    for study in _studies(storage, campaign):
-        cond = _condition(study.user_attrs)
-        if cond not in conds:
-            conds.append(cond)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            value = t.params.get(param, t.user_attrs.get("train_config", {}).get(param))
-            cells[str(value)][cond].extend(t.user_attrs.get("per_seed", []))
-    conds.sort(key=lambda c: float(c.split()[-2]))
-    lines = [f"| {param} | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
-    for value in cells:
-        lines.append(f"| {value} | " + " | ".join(_cell(cells[value][c], key) for c in conds) + " |")
+def comparison_table(storage, campaign: str, key: str = "test_acc", label: str = "") -> str:
+    """Per condition: DAL's best trial vs the best baseline (chosen on the selection metric), on `key`."""
+    studies = _studies(storage, campaign)
+    results = sorted(analysis.arm_results(studies, key), key=lambda r: _cond_key(r.cond))
+    sel = analysis.selected_on(studies)
+    lines = [f"| {label or key}: DAL − best baseline | best baseline (on {sel}) | DAL | baseline | "
+             f"difference [95 % CI] | n | verdict |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r.comparison
+        lines.append(f"| {_cond_label(r.cond)} | {ARM_NAMES.get(r.baseline, r.baseline)} | "
+                     f"{_cell(list(seed_map(r.dal, key).values()))} | "
+                     f"{_cell(list(seed_map(r.baseline_trial, key).values()))} | {stats.cell(c)} | "
+                     f"{c.n}{'' if c.paired else ' (Welch)'} | {c.verdict} |")
     return "\n".join(lines)
 
 
-def grid_table(storage, campaign: str, noise_rate: float, key: str = "test_acc") -> str:
-    """q_start rows x q_end columns at one noise rate: mean ± std over seeds."""
-    grid: dict[float, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for study in _studies(storage, campaign):
-        if study.user_attrs["arm"] != "dal" or abs(study.user_attrs["noise_rate"] - noise_rate) > 1e-9:
+def each_baseline_table(storage, campaign: str, key: str = "test_acc", label: str = "") -> str:
+    """Rows: conditions; columns: baselines; cells: DAL − that baseline [95 % CI], verdict."""
+    results = sorted(analysis.arm_results(_studies(storage, campaign), key), key=lambda r: _cond_key(r.cond))
+    arms = sorted({a for r in results for a in r.each}, key=_arm_sort)
+    lines = [f"| {label or key}: DAL − baseline [95 % CI], verdict | " + " | ".join(ARM_NAMES.get(a, a) for a in arms)
+             + " |", "|---|" + "---|" * len(arms)]
+    for r in results:
+        cells = [f"{stats.cell(r.each[a])}, n={r.each[a].n}: {r.each[a].verdict}" if a in r.each else "-"
+                 for a in arms]
+        lines.append(f"| {_cond_label(r.cond)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def param_table(storage, campaign: str, param: str, key: str = "test_acc", label: str = "") -> str:
+    """Rows: values of `param` (e.g. schedule) of the DAL studies' complete trials; columns: noise
+    conditions; cells: mean ± std over seeds of the per-seed means over the trials with that value."""
+    trials: dict[str, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
+    conds: set[tuple] = set()
+    for study in analysis._dal_studies(_studies(storage, campaign)):
+        c = analysis._cond(study)
+        conds.add(c)
+        for t in analysis._complete(study):
+            trials[str(analysis._param(t, param))][c].append(t)
+    order = sorted(conds, key=_cond_key)
+    rows = sorted(trials, key=lambda v: (analysis.SHAPE_ORDER.index(v) if v in analysis.SHAPE_ORDER else 99, v))
+    cells = {v: {c: list(seed_means(trials[v][c], key).values()) for c in order} for v in rows}
+    counts = [len(x) for row in cells.values() for x in row.values() if x]
+    n = max(set(counts), key=counts.count) if counts else None
+    lines = [f"| {label or key}: {param} ({_seeds_caption(counts)}) | " + " | ".join(_cond_label(c) for c in order)
+             + " |", "|---|" + "---|" * len(order)]
+    for v in rows:
+        lines.append(f"| {v} | " + " | ".join(_cell(cells[v][c], n) for c in order) + " |")
+    return "\n".join(lines)
+
+
+def shape_comparison_table(storage, campaign: str, key: str = "test_acc", label: str = "") -> str:
+    """Per condition and shape: the shape − linear (per seed, averaged over each shape's trials)."""
+    results = sorted(analysis.shape_results(_studies(storage, campaign), key), key=lambda r: _cond_key(r.cond))
+    lines = [f"| {label or key}: shape − reference | shape | trials | difference [95 % CI] | n | verdict | "
+             f"what else varied |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for sh, c in r.comparisons.items():
+            lines.append(f"| {_cond_label(r.cond)} | {sh} − {r.reference} | {r.trials[sh]} vs {r.trials[r.reference]} | "
+                         f"{stats.cell(c)} | {c.n}{'' if c.paired else ' (Welch)'} | {c.verdict} | {r.pooling} |")
+    return "\n".join(lines)
+
+
+def grid_table(storage, campaign: str, noise_rate: float, key: str = "test_acc", noise: str | None = None,
+               shape: str | None = None) -> str:
+    """q_start rows x q_end columns at one noise rate (DAL studies; one schedule `shape`, or all when None):
+    mean ± std over seeds, each seed's value averaged over the trials at the point."""
+    grid: dict[float, dict[float, list]] = defaultdict(lambda: defaultdict(list))
+    for study in analysis._dal_studies(_studies(storage, campaign)):
+        a = study.user_attrs
+        if abs(a["noise_rate"] - noise_rate) > 1e-9 or (noise is not None and a["noise"] != noise):
             continue
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            grid[t.params["q_start"]][t.params["q_end"]].extend(t.user_attrs.get("per_seed", []))
+        for t in analysis._complete(study):
+            if shape is not None and analysis._shape(t) != shape:
+                continue
+            qs, qe = analysis._param(t, "q_start"), analysis._param(t, "q_end")
+            grid[round(float(qs), 4)][round(float(qe), 4)].append(t)
     q_ends = sorted({qe for row in grid.values() for qe in row})
-    lines = ["| q_s \\ q_e | " + " | ".join(f"{q:g}" for q in q_ends) + " |", "|---|" + "---|" * len(q_ends)]
+    cells = {qs: {qe: list(seed_means(grid[qs].get(qe, []), key).values()) for qe in q_ends} for qs in grid}
+    counts = [len(x) for row in cells.values() for x in row.values() if x]
+    n = max(set(counts), key=counts.count) if counts else None
+    lines = [f"| q_s \\ q_e ({_seeds_caption(counts)}) | " + " | ".join(f"{q:g}" for q in q_ends) + " |",
+             "|---|" + "---|" * len(q_ends)]
     for qs in sorted(grid):
-        lines.append(f"| {qs:g} | " + " | ".join(_cell(grid[qs].get(qe, []), key) for qe in q_ends) + " |")
+        lines.append(f"| {qs:g} | " + " | ".join(_cell(cells[qs][qe], n) for qe in q_ends) + " |")
+    return "\n".join(lines)
+
+
+def surface_table(storage, campaign: str, key: str = "test_acc", label: str = "") -> str:
+    """Per noise setting and shape: the best q_s x q_e point on the selection metric, its `key`, and how it
+    compares on `key` with the runner-up and with the worst point on the selection metric."""
+    results = sorted(analysis.surface_results(_studies(storage, campaign), key),
+                     key=lambda r: _cond_key(r.panel.cond))
+    lines = [f"| {label or key}: best q_s x q_e point | shape | points | best (selection value) | its {key} | "
+             f"vs runner-up [95 % CI], verdict | vs worst [95 % CI], verdict |", "|---|---|---|---|---|---|---|"]
+
+    def q(p) -> str:
+        return f"({p.q_start:.3g}, {p.q_end:.3g})"
+
+    for r in results:
+        shape = r.panel.shape or "pooled: " + ", ".join(r.panel.shapes)
+        lines.append(
+            f"| {_cond_label(r.panel.cond)} | {shape} | {len(r.panel.points)} | {q(r.best)} "
+            f"({r.panel.metric} {r.best.selection:.3f}) | {_cell(list(r.best.seeds(key).values()))} | "
+            f"{q(r.runner_up)}: {stats.cell(r.vs_runner_up)}, n={r.vs_runner_up.n}: {r.vs_runner_up.verdict} | "
+            f"{q(r.worst)}: {stats.cell(r.vs_worst)}, n={r.vs_worst.n}: {r.vs_worst.verdict} |")
     return "\n".join(lines)
 
 
 def best_params_table(storage, campaign: str) -> str:
-    rows = ["| condition | value (noisy val) | test acc | params |", "|---|---|---|---|"]
+    rows = ["| condition | value (selection metric) | test acc | params |", "|---|---|---|---|"]
     for study in _studies(storage, campaign):
         t = best_trial(study)
-        if t is None:
+        if t is None or not t.params:
             continue
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(t.params.items()))
-        rows.append(f"| {_condition(study.user_attrs)} | {t.value:.3f} | {_cell(t.user_attrs['per_seed'], 'test_acc')} "
-                    f"| {params} |")
+        rows.append(f"| {_condition(study.user_attrs)} | {study.user_attrs.get('metric', 'val_acc')} {t.value:.3f} | "
+                    f"{_cell(list(seed_map(t, 'test_acc').values()))} | {params} |")
     return "\n".join(rows)
 
 
-def main() -> None:
-    from dal_search.storage import open_storage
+def campaign_tables(storage, campaign: str) -> str:
+    """Every table that applies to `campaign`, as Markdown with short headings."""
+    studies = _studies(storage, campaign)
+    if not studies:
+        return f"(no studies of campaign {campaign!r} in this storage)"
+    out: list[str] = []
+    accuracies = ("test_acc", "best_test_acc", "test_acc_at_best_val")
+    if len({s.user_attrs.get("arm") for s in studies}) > 1:
+        out.append(f"### Each arm's best trial (chosen on {analysis.selected_on(studies)})")
+        out += [arm_table(storage, campaign, k, LABELS[k]) for k in (*accuracies, "noisy_fit", "clean_fit")]
+        out.append("### DAL vs the best baseline")
+        out += [comparison_table(storage, campaign, k, LABELS[k]) for k in accuracies]
+        out.append("### DAL vs each baseline")
+        out += [each_baseline_table(storage, campaign, k, LABELS[k]) for k in accuracies]
+    if analysis.shape_results(studies):
+        out.append("### Schedule shapes")
+        out += [param_table(storage, campaign, "schedule", k, LABELS[k]) for k in (*accuracies, "noisy_fit")]
+        out += [shape_comparison_table(storage, campaign, k, LABELS[k]) for k in accuracies]
+    panels = analysis.surface_panels(studies)
+    if panels:
+        out.append("### q_s x q_e")
+        for p in sorted(panels, key=lambda p: _cond_key(p.cond)):
+            q_s, q_e = {q[0] for q in p.points}, {q[1] for q in p.points}
+            if len(p.points) < len(q_s) * len(q_e):
+                continue  # scattered (sampled) points: no grid to print; the best-point table covers them
+            shape = f"{p.shape} schedule" if p.shape else "schedule shapes pooled: " + ", ".join(p.shapes)
+            out.append(f"{_cond_label(p.cond)}, {shape}, {LABELS['test_acc']}:")
+            out.append(grid_table(storage, campaign, p.cond[2], "test_acc", noise=p.cond[1], shape=p.shape))
+        out += [surface_table(storage, campaign, k, LABELS[k]) for k in accuracies]
+    if any(best_trial(s) is not None and best_trial(s).params for s in studies):
+        out.append("### Best params per study")
+        out.append(best_params_table(storage, campaign))
+    return "\n\n".join(out)
 
-    ap = argparse.ArgumentParser(description="Markdown tables of campaign results")
+
+def main(argv: list[str] | None = None) -> None:
+    from dal_search.storage import StorageError, open_storage
+
+    ap = argparse.ArgumentParser(description="Markdown tables of campaign results, with 95 % intervals over seeds")
     ap.add_argument("--storage", required=True)
     ap.add_argument("campaigns", nargs="+")
-    args = ap.parse_args()
-    storage = open_storage(args.storage)
+    args = ap.parse_args(argv)
+    try:
+        storage = open_storage(args.storage, heartbeat_interval=None, for_workers=False)
+    except StorageError as e:  # a user's mistake: one line, status 2
+        print(f"tables: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     for c in args.campaigns:
         print(f"\n## {c}\n")
-        print(arm_table(storage, c, "test_acc", "last epoch"))
-        print()
-        print(arm_table(storage, c, "best_test_acc", "best epoch"))
+        print(campaign_tables(storage, c))
 
 
 if __name__ == "__main__":

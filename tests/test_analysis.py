@@ -12,6 +12,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
+from scipy import stats as sp
 
 from dal_search.search import analysis, report
 from dal_search.search.analysis import NotEnoughTrials
@@ -69,8 +70,13 @@ def test_surface_grid_cells_are_seed_means_with_spread(storage):
         for j, qs in enumerate(h.x):
             vals = grid[(qs, qe)]
             assert h.z[i][j] == pytest.approx(sum(vals) / 3)
-            sd = (sum((v - sum(vals) / 3) ** 2 for v in vals) / 3) ** 0.5
-            assert f"± {sd:.3f} (n=3)" in h.text[i][j]
+            sd = (sum((v - sum(vals) / 3) ** 2 for v in vals) / 2) ** 0.5  # sample std over the 3 seeds
+            assert f"{100 * sum(vals) / 3:.1f} % ± {100 * sd:.1f} (n=3 seeds)" in h.text[i][j]
+    assert "n=1-3 seeds per point" in fig.layout.title.text  # the 80 % study trained one seed
+    # the best point is starred: chosen on the studies' value (the selection metric), here (1.0, 2.0)
+    stars = [t for t in fig.data if t.type == "scatter" and t.marker.symbol == "star"]
+    assert len(stars) == 2 and (stars[0].x[0], stars[0].y[0]) == (1.0, 2.0)
+    assert "best on noisy validation accuracy" in fig.layout.title.text
     # both panels share one colour scale so that rates compare by colour
     assert heat[0].zmin == heat[1].zmin and heat[0].zmax == heat[1].zmax
     assert heat[1].zmin == pytest.approx(min(v[0] - 0.3 for v in grid.values()))
@@ -80,8 +86,27 @@ def test_surface_of_scattered_tpe_points_is_a_contour_with_every_point_drawn(sto
     pts = [({"q_start": 0.1 * i + 0.15, "q_end": 1.0 + 0.13 * i}, [0.6 + 0.01 * i]) for i in range(7)]
     make_study(storage, "dal", 0.4, pts)
     fig = analysis.sensitivity_surface(analysis.campaign_studies(storage))
-    assert [t.type for t in fig.data] == ["contour", "scatter"]
+    assert [t.type for t in fig.data] == ["contour", "scatter", "scatter"]  # surface, points, the best point
     assert len(fig.data[1].x) == 7
+    # one seed per point: the figure says there is no spread rather than drawing a zero one
+    assert "n=1 seed per point: no spread" in fig.layout.title.text
+    assert all("(n=1 seed, no spread)" in t for t in fig.data[1].text)
+
+
+def test_surface_shows_one_shape_per_panel_and_says_when_shapes_are_pooled(storage):
+    many = [({"q_start": 0.1 * i + 0.15, "q_end": 1.5, "schedule": sh}, [0.6 + 0.01 * i, 0.62, 0.6])
+            for i in range(4) for sh in ("linear", "cosine")]
+    make_study(storage, "dal", 0.4, many)
+    few = [({"q_start": 0.2, "q_end": 1.2, "schedule": "linear"}, [0.5, 0.5, 0.5]),
+           ({"q_start": 0.4, "q_end": 1.4, "schedule": "cosine"}, [0.6, 0.6, 0.6]),
+           ({"q_start": 0.6, "q_end": 1.6, "schedule": "linear"}, [0.7, 0.7, 0.7])]
+    make_study(storage, "dal", 0.8, few)
+    fig = analysis.sensitivity_surface(analysis.campaign_studies(storage))
+    titles = [a.text for a in fig.layout.annotations]
+    # 40 %: 4 points per shape, one panel each; 80 %: 2 + 1 points, so only a pooled panel, titled so
+    assert titles == ["symmetric 40 %, linear", "symmetric 40 %, cosine",
+                      "symmetric 80 %, shapes pooled: linear, cosine"]
+    assert "mix schedule shapes" in fig.layout.title.text
 
 
 @pytest.mark.parametrize("n", [0, 1, 2])
@@ -144,9 +169,33 @@ def test_schedule_comparison_boxes_hold_every_seed(storage):
     assert list(boxes) == ["linear", "cosine", "adaptive"]  # the documented order, not sampling order
     assert boxes == acc
     text = analysis.findings(analysis.campaign_studies(storage))
-    line = next(f for f in text if "schedules by mean" in f)
-    assert line.startswith("symmetric 40 %: schedules by mean test_acc: cosine 0.745, linear 0.710, adaptive 0.605")
-    assert "(+3.5 points over linear)" in line
+    line = next(f for f in text if "schedule shapes by" in f)
+    # two seeds: an interval, but no verdict either way
+    ci = sp.ttest_rel(acc["cosine"], acc["linear"]).confidence_interval()
+    assert (f"cosine vs linear: +3.5 points of test accuracy, 95 % CI [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}], "
+            f"n=2 seeds paired: too few seeds to tell") in line
+    assert "each shape at q_end=1.5, q_start=0.6" in line and "no shape is detectably better than linear" in line
+
+
+def test_shapes_compare_per_seed_means_over_each_shapes_trials(storage):
+    """Two cosine trials and one linear trial per seed: each shape's seed value is the mean over its
+    trials, and the comparison pairs seeds (not trials); the sampler's q choices are said to be pooled."""
+    lin = [0.80, 0.82, 0.79, 0.81]
+    cos_a, cos_b = [0.84, 0.86, 0.83, 0.86], [0.86, 0.86, 0.85, 0.84]
+    make_study(storage, "dal", 0.4, [({"q_start": 0.5, "q_end": 1.5, "schedule": "linear"}, lin),
+                                     ({"q_start": 0.6, "q_end": 1.5, "schedule": "cosine"}, cos_a),
+                                     ({"q_start": 0.7, "q_end": 1.9, "schedule": "cosine"}, cos_b)])
+    (r,) = analysis.shape_results(analysis.campaign_studies(storage))
+    cos = [(x + y) / 2 for x, y in zip(cos_a, cos_b)]
+    assert r.seeds["cosine"] == pytest.approx(dict(enumerate(cos)))
+    ci = sp.ttest_rel(cos, lin).confidence_interval()
+    c = r.comparisons["cosine"]
+    assert (c.n, c.paired, c.low, c.high) == (4, True, pytest.approx(ci.low), pytest.approx(ci.high))
+    assert c.verdict == ("better" if ci.low > 0 else "no detectable difference")
+    line = next(f for f in analysis.findings(analysis.campaign_studies(storage)) if "schedule shapes by" in f)
+    assert "q_end, q_start pooled over what the sampler chose for each shape" in line
+    assert f"linear {100 * statistics.fmean(lin):.1f} % (1 trial), cosine {100 * statistics.fmean(cos):.1f} % (2 trials)" \
+        in line
 
 
 def test_only_one_shape_is_not_a_comparison(storage):
@@ -170,21 +219,69 @@ def test_arm_comparison_uses_each_studys_best_trial_by_its_own_metric(storage):
     assert list(bars) == ["CE", "GCE", "DAL"]
     assert list(bars["DAL"].x) == ["symmetric 40 %", "symmetric 80 %"]
     assert bars["DAL"].y[0] == pytest.approx(0.72) and bars["DAL"].y[1] is None
-    assert bars["DAL"].error_y.array[0] == pytest.approx(0.02)
+    assert bars["DAL"].error_y.array[0] == pytest.approx(0.02 * 2 ** 0.5)  # sample std of 0.70, 0.74
     assert bars["CE"].y[1] == pytest.approx(0.25)
+
+
+def test_best_baseline_is_chosen_on_validation_and_dal_is_compared_over_paired_seeds(storage):
+    # SCE has the best TEST accuracy but GCE the best validation value: GCE is the baseline to beat.
+    dal = [0.90, 0.93, 0.91, 0.94, 0.92]
+    gce = [0.89, 0.90, 0.90, 0.91, 0.90]
+    make_study(storage, "dal", 0.4, [({"q_start": 0.5, "q_end": 1.5}, dal)], values=[0.62])
+    make_study(storage, "gce", 0.4, [({}, gce)], values=[0.61])
+    make_study(storage, "sce", 0.4, [({}, [0.95] * 5)], values=[0.55])
+    make_study(storage, "ce", 0.4, [({}, [0.5, 0.6, 0.55])], values=[0.4])
+    studies = analysis.campaign_studies(storage)
+    (r,) = analysis.arm_results(studies)
+    assert r.baseline == "gce" and set(r.each) == {"ce", "gce", "sce"}
+    ci = sp.ttest_rel(dal, gce).confidence_interval()
     words = analysis.findings(studies)
-    assert "symmetric 40 %: DAL beats the best baseline (GCE) by +7.0 points of test_acc." in words
+    assert (f"symmetric 40 %: DAL vs GCE (the best baseline on noisy validation accuracy; each study's best trial "
+            f"chosen on it, DAL's among 1 trial): +2.0 points of test accuracy, 95 % CI [{100 * ci.low:+.1f}, "
+            f"{100 * ci.high:+.1f}], n=5 seeds paired: better.") in words
+    assert r.each["sce"].verdict == "worse"  # shown in the tables, never the finding's headline
+    # CE trained 3 of the 5 seeds: paired over those 3
+    ce = r.each["ce"]
+    assert ce.paired and ce.n == 3
 
 
-def test_findings_name_the_best_and_worst_surface_points(storage):
-    make_study(storage, "dal", 0.6, [({"q_start": 0.2, "q_end": 1.0}, [0.5, 0.6]),
-                                     ({"q_start": 0.6, "q_end": 1.5}, [0.8, 0.9]),
-                                     ({"q_start": 1.0, "q_end": 2.5}, [0.3, 0.3])])
-    make_study(storage, "gce", 0.6, [({}, [0.9, 0.9])])
+def test_arm_bars_of_one_seed_have_no_error_bar_and_say_so(storage):
+    make_study(storage, "dal", 0.4, [({"q_start": 0.5, "q_end": 1.5}, [0.9])])
+    make_study(storage, "ce", 0.4, [({}, [0.5, 0.6, 0.55])])
+    fig = analysis.arm_comparison(analysis.campaign_studies(storage))
+    bars = {t.name: t for t in fig.data}
+    assert bars["DAL"].error_y.array == (None,) and not bars["DAL"].error_y.visible
+    assert bars["CE"].error_y.array[0] == pytest.approx(0.05)
+    assert "a bar of n=1 seed has no error bar" in fig.layout.title.text
+    (line,) = analysis.findings(analysis.campaign_studies(storage))
+    assert line.endswith("no interval (one seed), n=1 vs 3 seeds, unpaired (Welch: the two sides share too few "
+                         "seeds to pair): too few seeds to tell.")
+
+
+def test_the_best_surface_point_is_chosen_on_validation_and_compared_over_seeds(storage):
+    # (1.0, 2.5) has the best TEST accuracy but the worst validation value: the finding must not pick it.
+    pts = {(0.2, 1.0): ([0.50, 0.60, 0.55], 0.40), (0.6, 1.5): ([0.80, 0.90, 0.86], 0.62),
+           (0.8, 1.5): ([0.78, 0.85, 0.80], 0.60), (1.0, 2.5): ([0.95, 0.96, 0.97], 0.30)}
+    make_study(storage, "dal", 0.6, [({"q_start": qs, "q_end": qe}, acc) for (qs, qe), (acc, _) in pts.items()],
+               values=[v for _, v in pts.values()])
+    make_study(storage, "gce", 0.6, [({}, [0.9, 0.9, 0.9])])
     text = analysis.findings(analysis.campaign_studies(storage))
-    assert ("symmetric 60 %: the best q_s x q_e point is q_s=0.6, q_e=1.5 with test_acc 0.850 ± 0.050 (n=2); "
-            "the worst, q_s=1, q_e=2.5, gives 0.300 (3 points).") in text
-    assert "symmetric 60 %: DAL does not beat the best baseline (GCE) by -5.0 points of test_acc." in text
+    line = next(f for f in text if "best q_s x q_e point" in f)
+    best, runner, worst = pts[(0.6, 1.5)][0], pts[(0.8, 1.5)][0], pts[(1.0, 2.5)][0]
+    ci_r = sp.ttest_rel(best, runner).confidence_interval()
+    ci_w = sp.ttest_rel(best, worst).confidence_interval()
+    sd = statistics.stdev(best)
+    assert line.startswith(f"symmetric 60 %, linear schedule: the best q_s x q_e point on noisy validation accuracy "
+                           f"is q_s=0.6, q_e=1.5 (val_acc 0.620; test accuracy 85.3 % ± {100 * sd:.1f} (n=3 seeds)), "
+                           f"of 4 points.")
+    d_r, d_w = statistics.fmean(best) - statistics.fmean(runner), statistics.fmean(best) - statistics.fmean(worst)
+    assert (f"Best point vs the runner-up on validation (q_s=0.8, q_e=1.5): {100 * d_r:+.1f} points of test "
+            f"accuracy, 95 % CI [{100 * ci_r.low:+.1f}, {100 * ci_r.high:+.1f}], n=3 seeds paired: no detectable "
+            f"difference;") in line
+    assert (f"best point vs the worst on validation (q_s=1, q_e=2.5): {100 * d_w:+.1f} points of test accuracy, "
+            f"95 % CI [{100 * ci_w.low:+.1f}, {100 * ci_w.high:+.1f}], n=3 seeds paired: no detectable "
+            f"difference.") in line
+    assert ci_r.low < 0 < ci_r.high and ci_w.low < 0 < ci_w.high  # the verdicts above, as scipy sees them
 
 
 def test_importances_rank_the_knob_that_moves_accuracy(storage):
@@ -242,7 +339,9 @@ def test_push_to_dashboard_stores_figures_the_dashboard_reads(storage):
         assert "dal-sensitivity-to-q-s-x-q-e-open-question-3" in objs
         surface = json.loads(objs["dal-sensitivity-to-q-s-x-q-e-open-question-3"])
         assert surface["data"][0]["type"] == "heatmap"
-        assert "best q_s x q_e point is q_s=1, q_e=2" in get_note(s)
+        note = get_note(s)
+        assert "the best q_s x q_e point on noisy validation accuracy is q_s=1, q_e=2" in note
+        assert report.HOW_TO_READ in note
     # pushing again replaces the figures (fixed ids) rather than piling up copies
     report.push_to_dashboard(storage, "fab", figs=figs)
     objs = get_plotly_graph_objects(storage.get_study_system_attrs(analysis.campaign_studies(storage, "fab")[0]._study_id))
@@ -259,8 +358,91 @@ def test_tables_report_the_selected_trial_mean_and_std_in_percent(storage):
     make_study(storage, "ce", 0.4, [({}, [0.5, 0.52])])
     make_study(storage, "ce", 0.2, [({}, [0.6, 0.6])])
     lines = tables.arm_table(storage, "fab", "test_acc", "last epoch").splitlines()
-    assert lines[0] == "| last epoch | symmetric 20 % | symmetric 40 % |"
-    assert lines[2] == "| CE | 60.0 ± 0.0 | 51.0 ± 1.0 |"
-    assert lines[3] == "| DAL | - | 72.0 ± 2.0 |"  # the trial chosen on validation, not the test-best one
+    assert lines[0] == "| last epoch (n=2 seeds) | symmetric 20 % | symmetric 40 % |"
+    assert lines[2] == "| CE | 60.0 ± 0.0 | 51.0 ± 1.4 |"  # sample std over seeds
+    assert lines[3] == "| DAL | - | 72.0 ± 2.8 |"  # the trial chosen on validation, not the test-best one
     grid = tables.grid_table(storage, "fab", 0.4).splitlines()
-    assert grid[0] == "| q_s \\ q_e | 1.5 |" and grid[2] == "| 0.5 | 85.0 ± 5.0 |"
+    assert grid[0] == "| q_s \\ q_e (n=2 seeds) | 1.5 |" and grid[2] == "| 0.5 | 85.0 ± 7.1 |"
+
+
+# ------------------------------------------------------------------ a real small campaign, end to end
+
+@pytest.fixture(scope="module")
+def real_campaign(tmp_path_factory):
+    """A real campaign trained to the end (2 epochs, 3 seeds): DAL over 3 q_s x 2 shapes (a space of choices,
+    so 6 distinct trials), GCE and CE fixed (one trial each)."""
+    from dal_search.search.campaign import create_studies, parse_campaign
+    from dal_search.search.worker import run_worker
+    from dal_search.storage import open_storage
+
+    spec = {"name": "real", "datasets": ["digits"], "noise": {"symmetric": [0.4]},
+            "arms": {"dal": {"q_start": [0.3, 0.6, 0.9], "q_end": 1.5, "schedule": ["linear", "cosine"]},
+                     "gce": {"q": 0.7}, "ce": {}},
+            "budget": {"trials": 10, "seeds": [0, 1, 2]}, "train": {"epochs": 2, "threads": 1}}
+    url = f"sqlite:///{tmp_path_factory.mktemp('real') / 'real.db'}"
+    storage = open_storage(url)
+    create_studies(storage, parse_campaign(spec))
+    run_worker(storage, "real", worker_seed=0)
+    return storage
+
+
+def _expected_dal_vs_best_baseline(storage) -> tuple[str, str]:
+    """The headline comparison recomputed here from the stored per-seed rows, with scipy."""
+    studies = {s.user_attrs["arm"]: s for s in analysis.campaign_studies(storage, "real")}
+    best = {a: max(s.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.value) for a, s in studies.items()}
+    base = max(("gce", "ce"), key=lambda a: best[a].value)  # on the noisy validation value, not on test
+    dal = [r["test_acc"] for r in sorted(best["dal"].user_attrs["per_seed"], key=lambda r: r["seed"])]
+    other = [r["test_acc"] for r in sorted(best[base].user_attrs["per_seed"], key=lambda r: r["seed"])]
+    ci = sp.ttest_rel(dal, other).confidence_interval()
+    verdict = "better" if ci.low > 0 else "worse" if ci.high < 0 else "no detectable difference"
+    diff = statistics.fmean(dal) - statistics.fmean(other)
+    return base.upper(), (f"{100 * diff:+.1f} points of test accuracy, 95 % CI [{100 * ci.low:+.1f}, "
+                          f"{100 * ci.high:+.1f}], n=3 seeds paired: {verdict}")
+
+
+@pytest.mark.slow
+def test_a_real_campaigns_findings_tables_report_and_note_carry_n_intervals_and_verdicts(real_campaign, tmp_path):
+    import re
+
+    from optuna_dashboard import get_note
+
+    from dal_search.search import tables
+
+    storage = real_campaign
+    studies = analysis.campaign_studies(storage, "real")
+    assert [len(s.get_trials()) for s in studies] == [1, 6, 1]  # ce, dal, gce: no repeated parameter set
+    found = analysis.findings(studies)
+    base, headline = _expected_dal_vs_best_baseline(storage)
+    assert f"symmetric 40 %: DAL vs {base} (the best baseline on noisy validation accuracy; each study's best " \
+           f"trial chosen on it, DAL's among 6 trials): {headline}." in found
+    comparison = re.compile(r"[+-]\d+\.\d points of test accuracy, 95 % CI \[[+-]\d+\.\d, [+-]\d+\.\d\], "
+                            r"n=3 seeds paired: (better|worse|no detectable difference)")
+    assert len(found) == 4  # DAL vs best baseline; best point per shape (2); shapes
+    for f in found:
+        assert comparison.search(f), f
+    assert any("the best q_s x q_e point on noisy validation accuracy" in f for f in found)
+    assert any(f.startswith("symmetric 40 %: schedule shapes by test accuracy") and
+               "each shape at the same 3 settings of q_start" in f for f in found)
+
+    # tables: the same comparison, cell by cell
+    table = tables.comparison_table(storage, "real", "test_acc", "last epoch").splitlines()
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    diff, ci_and_verdict = headline.split(" points of test accuracy, 95 % CI ")
+    assert cells[0] == "symmetric 40 %" and cells[1] == base
+    assert cells[4] == f"{diff} {ci_and_verdict.split(', n=')[0]}"
+    assert cells[5] == "3" and cells[6] == headline.rsplit(": ", 1)[1]
+    everything = tables.campaign_tables(storage, "real")
+    for heading in ("DAL vs the best baseline", "DAL vs each baseline", "Schedule shapes", "q_s x q_e"):
+        assert f"### {heading}" in everything
+
+    # the HTML report and the dashboard note state the very same sentences
+    page = report.write_report(storage, "real", tmp_path / "r.html").read_text()
+    import html as _html
+
+    for f in found:
+        assert f"<li>{_html.escape(f)}</li>" in page
+    assert _html.escape(report.HOW_TO_READ) in page
+    report.push_to_dashboard(storage, "real")
+    for s in studies:
+        note = get_note(s)
+        assert all(f"- {f}" in note for f in found)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,6 +20,9 @@ import yaml
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 SURFACE_ID = "user-defined-plot:dal-sensitivity-to-q-s-x-q-e-open-question-3"
+# A comparison as search/stats.py states it: difference, 95 % interval, n seeds and the verdict.
+FINDING = re.compile(r"[+-]\d+\.\d points of test accuracy, 95 % CI \[[+-]\d+\.\d, [+-]\d+\.\d\], "
+                     r"n=3 seeds paired: (better|worse|no detectable difference)")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium: apt-get install chromium")]
@@ -39,7 +43,7 @@ def finished_campaign(tmp_path_factory):
     spec = {"name": "web", "datasets": ["digits"], "noise": {"symmetric": [0.4]},
             "arms": {"dal": {"q_start": [0.4, 0.8], "q_end": [1.0, 1.5], "schedule": ["linear", "cosine"]},
                      "ce": {}},
-            "budget": {"trials": 1, "seeds": [0]}, "train": {"epochs": 2, "threads": 1}, "sampler": "grid"}
+            "budget": {"trials": 1, "seeds": [0, 1, 2]}, "train": {"epochs": 2, "threads": 1}, "sampler": "grid"}
     (tmp / "web.yaml").write_text(yaml.safe_dump(spec))
     url = f"sqlite:///{tmp / 'web.db'}"
     _cli("run", str(tmp / "web.yaml"), "--storage", url)
@@ -107,14 +111,18 @@ def test_dashboard_shows_the_custom_surface_plot(dashboard, browser):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-study.png"), full_page=True)
     plot.screenshot(path=str(ARTIFACTS / "dashboard-surface.png"))
-    # the rendered DOM is dal-search's heatmap: its title, its axes, one heatmap image, the 4 grid points
+    # the rendered DOM is dal-search's heatmap: its title, its axes, one heatmap image per schedule shape, the
+    # 4 grid points of each and each panel's best point (a star)
     assert "Sensitivity of DAL to q_s x q_e" in plot.locator(".gtitle").text_content()
     assert plot.locator(".xtitle").first.text_content() == "q_s (q_start)"
-    assert plot.locator("g.hm image").count() == 1
-    assert plot.locator("g.scatterlayer path.point").count() == 4
-    # the findings, in words, are the study's note
+    assert plot.locator("g.hm image").count() == 2
+    assert plot.locator("g.scatterlayer path.point").count() == 2 * 4 + 2
+    # the findings, in words, are the study's note: each comparison with n, its interval and a verdict
     page.goto(f"{base}/dashboard/studies/{ids['web/dal/digits/symmetric-0.4']}/note")
     page.get_by_text("best q_s x q_e point", exact=False).first.wait_for(timeout=30_000)
+    note = page.locator("body").inner_text()
+    assert FINDING.search(note), note[-3000:]
+    assert "DAL vs CE (the best baseline on noisy validation accuracy" in note
     # the CE study carries the shared figures (DAL vs baselines) as well
     page.goto(f"{base}/dashboard/studies/{ids['web/ce/digits/symmetric-0.4']}")
     page.locator('[id="user-defined-plot:dal-dal-vs-baselines"] .main-svg').first.wait_for(timeout=60_000)
@@ -148,6 +156,9 @@ def test_report_renders_every_figure_offline(finished_campaign, browser):
         assert page.locator(".js-plotly-plot").nth(i).locator(".plot .trace, g.hm, g.trace").count() > 0
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    # the findings as a reader sees them: each comparison with n, its interval and a verdict
+    findings = page.locator("ul.findings li").all_inner_texts()
+    assert findings and all(FINDING.search(f) for f in findings), findings
     assert not requested, f"the report fetched from the network: {requested}"
     assert not errors, errors
     context.close()
