@@ -17,7 +17,9 @@ Labels here are always the clean ones; the trainer draws the label noise.
 - CIFAR integrity: torchvision checks the md5 of every official file on each load; here a file counts as
   present when it exists, and its content is then checked (unpickling, uint8 images of the right shape, as
   many labels as images, labels in range, K class names), so a re-packed copy loads too.  `--download`
-  still fetches the md5-checked official archive when files are missing.
+  still fetches the md5-checked official archive when files are missing.  The pickles are read by a restricted
+  unpickler that admits only plain containers, str, bytes, numbers and numpy arrays: a crafted file that
+  would run code on loading is refused as corrupt, and nothing of it runs.
 - A process keeps what it loaded, keyed by (name, resolved root): a worker running many trials reads each
   dataset once.  The cached tensors are shared between callers: treat them as read-only.
 
@@ -199,17 +201,78 @@ def _tv_class(name: str):
         return tvd.FashionMNIST
     base = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
 
+    def __init__(self, root: str, train: bool = True) -> None:  # torchvision's, with _load_pickle
+        tvd.VisionDataset.__init__(self, root)
+        self.train = train
+        if not self._check_integrity():
+            raise RuntimeError("Dataset not found")
+        folder = os.path.join(self.root, self.base_folder)
+        entries = [_load_pickle(os.path.join(folder, f)) for f, _ in (self.train_list if train else self.test_list)]
+        self.data = np.vstack([e["data"] for e in entries]).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        self.targets = [t for e in entries for t in (e["labels"] if "labels" in e else e["fine_labels"])]
+        self._load_meta()
+
     def _check_integrity(self) -> bool:  # torchvision: md5 of each official file; here: each file exists
         folder = os.path.join(self.root, self.base_folder)
         return all(os.path.isfile(os.path.join(folder, f)) for f, _ in self.train_list + self.test_list)
 
     def _load_meta(self) -> None:  # torchvision's, minus the md5 check of the meta file
-        with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as fh:
-            data = pickle.load(fh, encoding="latin1")
-        self.classes = data[self.meta["key"]]
+        self.classes = _load_pickle(os.path.join(self.root, self.base_folder, self.meta["filename"]))[self.meta["key"]]
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
-    return type(f"Local{base.__name__}", (base,), {"_check_integrity": _check_integrity, "_load_meta": _load_meta})
+    return type(f"Local{base.__name__}", (base,), {"__init__": __init__, "_check_integrity": _check_integrity,
+                                                    "_load_meta": _load_meta})
+
+
+def _load_pickle(path: str):
+    """A CIFAR pickle (python 2's or a re-pack's, any protocol) read without running code from the file: only
+    plain containers, str, bytes, numbers and numpy arrays come out; anything else raises UnpicklingError."""
+    with open(path, "rb") as fh:
+        try:
+            return _CifarUnpickler(fh, encoding="latin1").load()
+        except pickle.UnpicklingError as e:
+            raise pickle.UnpicklingError(f"{os.path.basename(path)}: {e}") from None
+
+
+def _numpy_rebuilders() -> dict[tuple[str, str], object]:
+    """The functions numpy's own pickles call to rebuild arrays, dtypes and scalars, under the module names that
+    numpy 1 and numpy 2 write, taken from numpy itself (numpy.core is deprecated under numpy 2)."""
+    arr, num = np.zeros(1, np.uint8), np.float64(0)
+    found = {"_reconstruct": arr.__reduce__()[0], "_frombuffer": arr.__reduce_ex__(5)[0],
+             "scalar": num.__reduce__()[0]}
+    table: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for core in ("numpy.core", "numpy._core"):
+        table[(f"{core}.multiarray", "_reconstruct")] = found["_reconstruct"]
+        table[(f"{core}.multiarray", "scalar")] = found["scalar"]
+        table[(f"{core}.numeric", "_frombuffer")] = found["_frombuffer"]
+    return table
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """What python 3 pickles of bytes at protocols 0-2 call (`_codecs.encode(text, 'latin1')`), and no other codec."""
+    if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
+        raise pickle.UnpicklingError("a bytes value with an unexpected codec")
+    return text.encode("latin-1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle.Unpickler whose every global is looked up in a fixed table: a file that names anything else
+    (os.system, builtins.eval, a class with a __reduce__) is refused before any of it runs."""
+
+    _ALLOWED: dict[tuple[str, str], object] = {}
+
+    def find_class(self, module: str, name: str):
+        if not self._ALLOWED:
+            table = _numpy_rebuilders()
+            for builtins in ("builtins", "__builtin__"):  # python 2 pickles name the module __builtin__
+                for kind in (set, frozenset, bytearray, bytes, complex):
+                    table[(builtins, kind.__name__)] = kind
+            table[("_codecs", "encode")] = _latin1_bytes
+            type(self)._ALLOWED = table
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"asks to run {module}.{name}; a dataset file holds only data") from None
 
 
 def _required_files(name: str) -> list[str]:

@@ -149,3 +149,91 @@ def test_local_pool_listens_on_loopback_only_and_requires_its_token(tmp_path, ca
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
+
+
+# ---------------------------------------------------------------- 2. a data folder cannot run code
+
+
+class _Touch:
+    """Unpickling this runs `touch PATH` (what a crafted CIFAR file would do with a worse command)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def _craft_cifar(root: Path, crafted: str, marker: Path) -> None:
+    """A CIFAR-10 folder whose file `crafted` holds a live payload that would create `marker`."""
+    import pickle
+
+    from tests.test_data import _write_cifar
+
+    folder, written = _write_cifar(root)
+    entry = dict(written[crafted], data=_Touch(marker)) if crafted in written else {"label_names": _Touch(marker)}
+    with open(folder / crafted, "wb") as fh:
+        pickle.dump(entry, fh, protocol=2)
+    proof = root / "proof"
+    pickle.loads(pickle.dumps(_Touch(proof), protocol=2))  # the payload is live: plain pickle runs it
+    assert proof.exists()
+    proof.unlink()
+
+
+def test_a_crafted_cifar_batch_runs_nothing(tmp_path):
+    marker = tmp_path / "marker"
+    _craft_cifar(tmp_path / "EVIL", "data_batch_1", marker)
+    r = subprocess.run([sys.executable, "-m", "dal_search", "train", "--dataset", "cifar10", "--data-dir",
+                        str(tmp_path / "EVIL"), "--epochs", "1", "--quiet"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert not marker.exists(), "loading the dataset ran the file's code"
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "data_batch_1: asks to run posix.system" in lines[0] and "corrupt" in lines[0], lines[0]
+
+
+def test_a_crafted_cifar_meta_file_runs_nothing(tmp_path):
+    from dal_search.objectives.data import DataError, clear_cache, load_dataset
+
+    marker = tmp_path / "marker"
+    _craft_cifar(tmp_path / "EVIL", "batches.meta", marker)
+    clear_cache()
+    with pytest.raises(DataError) as refused:
+        load_dataset("cifar10", root=tmp_path / "EVIL")
+    assert not marker.exists(), "loading the dataset ran the file's code"
+    assert "corrupt (UnpicklingError: batches.meta: asks to run posix.system" in str(refused.value)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5, "numpy1"])
+def test_re_packed_cifar_loads_under_the_restricted_unpickler(tmp_path, protocol):
+    """Copies re-pickled by python 3 at any protocol, and pickles naming numpy 1's modules (as the official
+    python 2 files do), load with their arrays, labels and class names intact."""
+    import pickle
+
+    import numpy as np
+
+    from dal_search.objectives.data import clear_cache, load_dataset
+    from tests.test_data import _write_cifar
+
+    folder, written = _write_cifar(tmp_path)
+    for name in list(written) + ["batches.meta"]:
+        obj = pickle.loads((folder / name).read_bytes())
+        if name in written:
+            obj["data"] = obj["data"].reshape(-1, 3072)  # a fresh array, pickled again below
+            obj["batch_label"] = name.encode()  # bytes: `_codecs.encode` at protocols 0-2
+            obj["num"] = np.int64(len(obj["labels"]))  # a numpy scalar
+        blob = pickle.dumps(obj, protocol=2 if protocol == "numpy1" else protocol)
+        if protocol == "numpy1":
+            blob = blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            assert b"numpy.core.multiarray" in blob or name == "batches.meta"
+        (folder / name).write_bytes(blob)
+    clear_cache()
+    d = load_dataset("cifar10", root=tmp_path)
+    assert d.classes == [f"c{i}" for i in range(10)]
+    assert d.train_y.tolist() == [y for i in range(1, 6) for y in written[f"data_batch_{i}"]["labels"]]
+    first = written["data_batch_1"]["data"][0].reshape(3, 32, 32).astype(np.float32) / 255.0
+    mean, std = np.array([0.4914, 0.4822, 0.4465]), np.array([0.2470, 0.2435, 0.2616])
+    expected = (first - mean[:, None, None]) / std[:, None, None]
+    assert np.allclose(d.train_x[0].numpy(), expected, atol=1e-5)
+    clear_cache()
