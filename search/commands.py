@@ -235,12 +235,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from dal_search.search.dashboard import run_dashboard
+    from dal_search.search.dashboard import announce_line, make_dashboard_server, public_url, resolve_token
 
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a TCP port; use a number from 1 to 65535 (e.g. 8080)")
     url = args.storage or _default_storage()
     _open(args)  # a bad URL fails here with one line, before the server starts
-    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C stops it)", file=sys.stderr)
-    run_dashboard(url, host=args.host, port=args.port)
+    token, generated = resolve_token(args.token)
+    try:
+        server = make_dashboard_server(url, args.host, args.port, token, allow_writes=args.allow_writes)
+    except OSError as e:
+        raise UserError(f"cannot serve the dashboard on {args.host}:{args.port} ({e.strerror or e}); choose another "
+                        f"--port, or a --host this machine has") from None
+    print(announce_line(public_url(args.host, server.server_address[1]), token, generated, args.allow_writes),
+          file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
     return 0
 
 
@@ -300,10 +312,19 @@ def register(sub) -> None:
     p.add_argument("--no-dashboard", action="store_true", help="do not save the figures into the studies")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("dashboard", help="serve optuna-dashboard for a storage (127.0.0.1 by default)")
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard for a storage (127.0.0.1 by default), behind a token",
+                       description="Serve optuna-dashboard for --storage. Every request needs the token: "
+                                   "'Authorization: Bearer TOKEN', HTTP Basic with any user name and the token as "
+                                   "the password, or /?token=TOKEN opened once (a cookie keeps the browser in). "
+                                   "Read-only unless --allow-writes: any request but GET/HEAD is refused (403).")
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--token", default=None,
+                   help="the token clients must send (default: $DAL_SEARCH_DASHBOARD_TOKEN, else a fresh one printed "
+                        "in the start-up URL); prefer the variable, a command line is visible to 'ps'")
+    p.add_argument("--allow-writes", action="store_true",
+                   help="let clients with the token write: notes, renaming, deleting studies (default: read-only)")
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("storage-proxy", help="serve a storage over Optuna's gRPC proxy (grpc://HOST:PORT) for large pools")

@@ -1,12 +1,13 @@
 """Headless Chromium (Debian's package, driven by Playwright) on what a person looks at: optuna-dashboard over a
 finished small campaign shows dal-search's custom surface plot, and the HTML report renders every figure with
-the network cut off. Screenshots land in tests/artifacts/."""
+the network cut off; the dashboard asks for its token and refuses writes. Screenshots land in tests/artifacts/."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import yaml
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 SURFACE_ID = "user-defined-plot:dal-sensitivity-to-q-s-x-q-e-open-question-3"
+TOKEN = secrets.token_hex(32)  # the dashboard's, given as $DAL_SEARCH_DASHBOARD_TOKEN
 # A comparison as search/stats.py states it: difference, 95 % interval, n seeds and the verdict.
 FINDING = re.compile(r"[+-]\d+\.\d points of test accuracy, 95 % CI \[[+-]\d+\.\d, [+-]\d+\.\d\], "
                      r"n=3 seeds paired: (better|worse|no detectable difference)")
@@ -64,13 +66,15 @@ def dashboard(finished_campaign):
     url, _ = finished_campaign
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dal_search", "dashboard", "--storage", url, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "DAL_SEARCH_DASHBOARD_TOKEN": TOKEN})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"{base}/api/studies", timeout=2) as resp:
+                ask = urllib.request.Request(f"{base}/api/studies", headers={"Authorization": f"Bearer {TOKEN}"})
+                with urllib.request.urlopen(ask, timeout=2) as resp:
                     studies = json.load(resp)["study_summaries"]
                 break
             except OSError:
@@ -104,7 +108,9 @@ def test_dashboard_shows_the_custom_surface_plot(dashboard, browser):
     page = browser.new_page(viewport={"width": 1600, "height": 1400})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{base}/dashboard/studies/{ids['web/dal/digits/symmetric-0.4']}")
+    study = f"/dashboard/studies/{ids['web/dal/digits/symmetric-0.4']}"
+    page.goto(f"{base}{study}?token={TOKEN}")  # signs in once: a cookie, and the token leaves the address
+    assert page.url == f"{base}{study}"
     plot = page.locator(f'[id="{SURFACE_ID}"]')
     plot.locator(".main-svg").first.wait_for(timeout=60_000)
     plot.scroll_into_view_if_needed()
@@ -176,3 +182,46 @@ def test_report_pngs_through_chromium(finished_campaign, tmp_path):
         assert head[:8] == b"\x89PNG\r\n\x1a\n"
         width = int.from_bytes(head[16:20], "big")
         assert width >= 400
+
+
+def test_dashboard_asks_for_its_token_and_refuses_writes(dashboard, browser):
+    """Without credentials (or with a wrong token) nothing is shown; with the token as HTTP Basic's password
+    the study page renders dal-search's figures; a DELETE of the study, from the signed-in page or with the
+    token as a bearer, is refused (403) and the study is still there."""
+    base, ids = dashboard
+    dal = ids["web/dal/digits/symmetric-0.4"]
+    from playwright.sync_api import Error as PlaywrightError
+
+    anonymous = browser.new_context()
+    page = anonymous.new_page()
+    for url in (f"{base}/dashboard/studies/{dal}", f"{base}/api/studies", f"{base}/?token={'0' * 64}"):
+        # Chromium is challenged for credentials it does not have and shows nothing of the page
+        with pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
+            page.goto(url)
+        resp = anonymous.request.get(url, max_redirects=0)  # the same request, answer in hand
+        assert resp.status == 401, url
+        assert resp.headers["www-authenticate"] == 'Basic realm="dal-search"'
+        assert "study_summaries" not in resp.text()
+    assert anonymous.request.delete(f"{base}/api/studies/{dal}").status == 401
+    anonymous.close()
+
+    signed_in = browser.new_context(http_credentials={"username": "anyone", "password": TOKEN},
+                                    viewport={"width": 1600, "height": 1400})
+    page = signed_in.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    assert page.goto(f"{base}/dashboard/studies/{dal}").status == 200
+    page.locator(f'[id="{SURFACE_ID}"] .main-svg').first.wait_for(timeout=60_000)
+    assert "Sensitivity of DAL to q_s x q_e" in page.locator(f'[id="{SURFACE_ID}"] .gtitle').text_content()
+    status = page.evaluate(f"fetch('/api/studies/{dal}', {{method: 'DELETE'}}).then(r => r.status)")
+    assert status == 403
+    bearer = signed_in.request.delete(f"{base}/api/studies/{dal}", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert bearer.status == 403
+    note = signed_in.request.put(f"{base}/api/studies/{dal}/note", data={"version": 1, "body": "defaced"},
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    assert note.status == 403
+    ask = urllib.request.Request(f"{base}/api/studies", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(ask, timeout=10) as resp:
+        assert dal in {st["study_id"] for st in json.load(resp)["study_summaries"]}
+    assert not errors, errors
+    signed_in.close()

@@ -237,3 +237,145 @@ def test_re_packed_cifar_loads_under_the_restricted_unpickler(tmp_path, protocol
     expected = (first - mean[:, None, None]) / std[:, None, None]
     assert np.allclose(d.train_x[0].numpy(), expected, atol=1e-5)
     clear_cache()
+
+
+# ---------------------------------------------------------------- 3. the dashboard
+
+
+@pytest.fixture
+def study_url(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path}/dash.db"
+    study = optuna.create_study(study_name="kept", storage=url)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    return url
+
+
+@pytest.fixture
+def serve(study_url):
+    """Start the gated dashboard in this process on a free port: serve(token, allow_writes) -> base URL."""
+    import threading
+
+    from dal_search.search.dashboard import make_dashboard_server
+
+    servers = []
+
+    def start(token: str, allow_writes: bool = False) -> str:
+        server = make_dashboard_server(study_url, "127.0.0.1", 0, token, allow_writes=allow_writes)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _http(method: str, url: str, headers: dict | None = None):
+    """(status, headers, body) without following redirects."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=20)
+    try:
+        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read()
+    finally:
+        conn.close()
+
+
+def _study_names(url: str) -> list[str]:
+    import optuna
+
+    return optuna.get_all_study_names(url)
+
+
+def test_dashboard_answers_only_its_token(serve):
+    import base64
+
+    token = "t0k3n-" + "a" * 40
+    base = serve(token)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {token}x"},
+                    {"Authorization": "Basic " + base64.b64encode(b"anyone:wrong").decode()},
+                    {"Authorization": "Basic !!!"}, {"Cookie": "dal_search_dashboard=" + token}):
+        status, head, body = _http("GET", f"{base}/api/studies", headers)
+        assert status == 401, headers
+        assert head["WWW-Authenticate"] == 'Basic realm="dal-search"'
+        assert b"kept" not in body
+    bearer = {"Authorization": f"Bearer {token}"}
+    basic = {"Authorization": "Basic " + base64.b64encode(f"whoever:{token}".encode()).decode()}
+    for headers in (bearer, basic):
+        status, _, body = _http("GET", f"{base}/api/studies", headers)
+        assert status == 200 and b"kept" in body
+
+    # /?token= once: a cookie, and the same page without the token (other parameters kept)
+    status, head, _ = _http("GET", f"{base}/dashboard/studies/1?a=1&token={token}&b=2")
+    assert status == 303 and head["Location"] == "/dashboard/studies/1?a=1&b=2"
+    cookie = head["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and token not in cookie
+    jar = {"Cookie": cookie.split(";")[0]}
+    status, _, body = _http("GET", f"{base}/api/studies", jar)
+    assert status == 200 and b"kept" in body
+    assert _http("GET", f"{base}/?token=wrong")[0] == 401
+    assert _http("GET", f"{base}//evil.example/?token={token}")[1]["Location"] == "/evil.example/"
+
+    # read-only: every method but GET and HEAD is refused, whoever asks
+    assert _http("HEAD", f"{base}/api/studies", bearer)[0] == 200
+    for method, path in (("DELETE", "/api/studies/1"), ("POST", "/api/studies"), ("PUT", "/api/studies/1/note"),
+                         ("POST", "/api/studies/1/rename"), ("PATCH", "/api/studies/1")):
+        for headers in (bearer, basic, jar):
+            assert _http(method, base + path, headers)[0] == 403, (method, path)
+        assert _http(method, base + path)[0] == 401
+
+
+def test_dashboard_keeps_the_study_unless_writes_are_allowed(serve, study_url):
+    token = "b" * 48
+    read_only = serve(token)
+    assert _http("DELETE", f"{read_only}/api/studies/1", {"Authorization": f"Bearer {token}"})[0] == 403
+    assert _study_names(study_url) == ["kept"]
+    writable = serve(token, allow_writes=True)
+    assert _http("DELETE", f"{writable}/api/studies/1")[0] == 401
+    assert _http("DELETE", f"{writable}/api/studies/1", {"Authorization": f"Bearer {token}"})[0] == 204
+    assert _study_names(study_url) == []
+
+
+def test_dashboard_cli_makes_a_token_and_prints_its_url_once(study_url):
+    """No --token and no $DAL_SEARCH_DASHBOARD_TOKEN: a fresh token, in the one start-up line's URL."""
+    import socket as _socket
+
+    with _socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "DAL_SEARCH_DASHBOARD_TOKEN"}
+    proc = subprocess.Popen([sys.executable, "-m", "dal_search", "dashboard", "--storage", study_url, "--port",
+                             str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        match = re.search(rf"http://127\.0\.0\.1:{port}/\?token=([0-9a-f]{{64}}) \(read-only", line)
+        assert match, line
+        status, _, body = _http("GET", f"http://127.0.0.1:{port}/api/studies",
+                                {"Authorization": f"Bearer {match.group(1)}"})
+        assert status == 200 and b"kept" in body
+        assert _http("GET", f"http://127.0.0.1:{port}/api/studies")[0] == 401
+    finally:
+        proc.terminate()
+        _, rest = proc.communicate(timeout=20)
+    assert match.group(1) not in rest  # the request lines (with ?token=) are not logged
+
+
+@pytest.mark.parametrize("port", ["0", "99999", "-1"])
+def test_dashboard_port_outside_the_tcp_range_is_one_line(port, study_url):
+    import contextlib
+    import io
+
+    from dal_search.search.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["dashboard", "--storage", study_url, "--port", port])
+    assert rc == 2
+    assert err.getvalue().count("\n") == 1 and "--port" in err.getvalue() and "65535" in err.getvalue()
