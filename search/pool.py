@@ -128,11 +128,11 @@ def _private_cluster_env():
     """The environment under which this process starts its own Ray: token auth with RAY_AUTH_TOKEN or a fresh
     256-bit token, and every Ray process of the cluster on 127.0.0.1. Restored afterwards.
 
-    Ray (2.60) binds its gRPC servers (GCS, raylet, object manager, workers) and agents to the node's IP, and
-    takes 127.0.0.1 as the node IP only when RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (a `_node_ip_address` of
-    127.0.0.1 is replaced by the machine's routable address). The variables reach the GCS, raylet and workers
-    because they inherit this process's environment; Ray's cached copies in this process are refreshed in case
-    `ray` was imported before.
+    Ray (2.60) binds its gRPC servers (GCS, raylet, object manager, workers) to every interface unless the
+    node IP is loopback, and then binds them and its agents to 127.0.0.1; it takes 127.0.0.1 as the node IP
+    only when RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (a `_node_ip_address` of 127.0.0.1 is replaced by the
+    machine's routable address). The variables reach the GCS, raylet and workers because they inherit this
+    process's environment; Ray's cached copies in this process are refreshed in case `ray` was imported before.
     """
     import ray._private.ray_constants as ray_constants
     from ray._raylet import AuthenticationTokenLoader, Config
