@@ -177,6 +177,10 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError(f"noise_rate must be in [0, 1), got {c.noise_rate}")
     if "path" in registries["noise"][c.noise].get("needs", ()) and not c.noise_file:
         raise ConfigError("noise 'file' needs noise_file (a .npy of labels or a CIFAR-N .pt as PATH.pt:KEY)")
+    if registries["noise"][c.noise].get("candidate_sets") and not registries["loss"][c.loss].get("candidate_sets"):
+        takes = [e.name for e in registries["loss"] if e.get("candidate_sets")]
+        raise ConfigError(f"loss {c.loss!r} cannot learn from the candidate sets of noise {c.noise!r}; choose a loss "
+                          f"that takes them: {', '.join(takes)}")
     if c.q <= 0:
         raise ConfigError(f"q must be > 0 (GCE's exponent), got {c.q}")
     if c.q_start <= 0:

@@ -65,13 +65,31 @@ _STATS = {  # per-channel mean and std of the training images, in [0, 1]
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
+# torchvision's class names (MNIST.classes, FashionMNIST.classes), here so that reading the idx files needs no
+# torchvision import (seconds on a busy machine)
+_IDX_CLASSES = {
+    "mnist": tuple(f"{i} - {w}" for i, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven",
+                                                       "eight", "nine"))),
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+}
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                 "t10k-labels-idx1-ubyte")
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
+# Where Debian's packages put datasets (searched after --data-dir): `dataset-fashion-mnist` installs the four
+# original .gz files flat in this folder, read-only for users.
+SYSTEM_DIRS = {"fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"), "dataset-fashion-mnist")}
+FOLDER_TEST_FRACTION = 0.2  # a folder: dataset without test/ holds out this share of each class as its test set
+FOLDER_SPLIT_SEED = 0
+TRAIN_SUBSET_SEED = 0  # train_size's subset: one fixed draw, the same for every seed
+# The most a dataset may take as float32 tensors (train + test), checked before it is read in full.
+MEMORY_BUDGET_BYTES = int(float(os.environ.get("DAL_SEARCH_DATA_BUDGET_GB", "8")) * 2**30)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp")
+_USER_ARRAYS = ("x_train", "y_train", "x_test", "y_test", "y_train_clean", "classes")
 
 _CACHE: dict[tuple[str, str], "Dataset"] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE_LOCK = threading.RLock()  # re-entrant: a loader may build on another dataset (load_dataset inside)
 
 
 class DataError(ValueError):

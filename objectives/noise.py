@@ -18,6 +18,11 @@
                          samples' features (N, D); realised rate about r.
     file                 labels read from a .npy, or from a CIFAR-N .pt given as PATH.pt:KEY (e.g.
                          CIFAR-10_human.pt:worse_label); `rate` and `seed` play no part
+    partial              partial labels (PAPER.md's open question 2), the uniform candidate sets of Feng et al.
+                         2020 and Lv et al. 2020: every false class joins a sample's candidate set S
+                         independently with probability r, the true class always does.  The result is an
+                         (N, K) boolean mask, not labels; its mean set size is 1 + r (K - 1), and
+                         `realized_rate` is the fraction of false classes that joined (about r)
 
 Conventions (edge behaviour a user will meet):
 - Every random flip is a per-sample Bernoulli(r) draw, not an exact count of round(r N) samples: the labels
@@ -27,7 +32,7 @@ Conventions (edge behaviour a user will meet):
 - `symmetric` and `symmetric-exclusive` of the same seed pick the same samples; they differ only in the label
   those samples get.
 - rate 0 returns the clean labels for every generated kind (also `instance`, whose TruncNormal(0, 0.1) would
-  otherwise still flip about 8 %).
+  otherwise still flip about 8 %); for `partial`, as one-entry candidate sets.
 - The truncated normal is drawn by rejection from numpy's normal (exact, and needs no scipy), so its stream
   differs from Xia et al.'s scipy.stats.truncnorm; the distribution is the same.
 - A CIFAR-N .pt file is read with torch's weights-only unpickler, allowing plain arrays only, so a label
@@ -55,6 +60,8 @@ from dal_search.objectives.registry import Registry
 # rng, features=None, dataset=None, path=None) -> labels` (y a fresh int64 copy it may modify) and records
 # `needs` (which of features / dataset / path it reads) and `random` (False: rate and seed play no part, e.g.
 # labels read from a file). A random kind at rate 0 returns the clean labels without being called.
+# `candidate_sets=True`: the kind gives an (N, K) boolean mask of candidate sets instead of labels (partial
+# labels; rate 0 gives the one-entry masks), which only losses registered with candidate_sets=True can take.
 NOISE_KINDS = Registry("noise kind")
 
 # CIFAR-100 fine class -> superclass (coarse) index, fine classes 0..99, as PAPER.md gives it.
@@ -96,7 +103,8 @@ def asymmetric_map(dataset: str | None, num_classes: int) -> np.ndarray:
 
 def corrupt_labels(labels, kind: str, rate: float, num_classes: int, seed: int, features=None,
                    dataset: str | None = None, path: str | None = None) -> np.ndarray:
-    """Noisy labels (a new int64 array) from the clean `labels`; the input is never modified.
+    """Noisy labels (a new int64 array) from the clean `labels`, or for a kind registered with candidate_sets
+    (`partial`) a new (N, num_classes) bool mask of candidate sets; the input is never modified.
 
     Deterministic for `seed` (numpy's default_rng).  `features` (N, D) only for `instance`, `dataset` only for
     `asymmetric`, `path` only for `file`.  Raises NoiseError for an unknown kind, a rate outside [0, 1),
@@ -110,7 +118,7 @@ def corrupt_labels(labels, kind: str, rate: float, num_classes: int, seed: int, 
     y = _as_labels(labels, num_classes, "labels")
     if entry.get("random", True):
         if rate == 0:
-            return y
+            return np.eye(num_classes, dtype=bool)[y] if entry.get("candidate_sets") else y
         if num_classes < 2:
             raise NoiseError(f"label noise needs at least 2 classes, got num_classes={num_classes}")
     return entry.obj(y, float(rate), num_classes, np.random.default_rng(seed), features=features, dataset=dataset,
@@ -160,6 +168,17 @@ def _instance_kind(y: np.ndarray, rate: float, num_classes: int, rng: np.random.
                       needs=("path",), random=False)
 def _file(y: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator, path=None, **_) -> np.ndarray:
     return read_label_file(path, y, num_classes)
+
+
+@NOISE_KINDS.register("partial", title="partial labels", help="partial labels: every false class joins the "
+                      "candidate set with probability r, the true class always does (mean set size 1 + r (K-1))",
+                      candidate_sets=True)
+def _partial(y: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator, **_) -> np.ndarray:
+    # one uniform draw per (sample, class) pair, the true class's overwritten: the same draw decides a false
+    # class at every rate, so a higher rate's sets contain a lower rate's (same seed)
+    mask = rng.random((len(y), num_classes)) < rate
+    mask[np.arange(len(y)), y] = True
+    return mask
 
 
 def _as_labels(labels, num_classes: int, what: str) -> np.ndarray:
@@ -329,8 +348,20 @@ def _numpy_safe_globals() -> list:
 
 
 def realized_rate(clean, noisy) -> float:
-    """Fraction of samples whose noisy label differs from the clean one (0.0 for no samples)."""
-    clean, noisy = np.asarray(clean).reshape(-1), np.asarray(noisy).reshape(-1)
+    """Fraction of samples whose noisy label differs from the clean one (0.0 for no samples). For candidate
+    sets `noisy` (an (N, K) bool mask): the fraction of the N (K - 1) false classes that are in their sample's
+    set, which partial labels of rate r draw with probability r."""
+    noisy = np.asarray(noisy)
+    if noisy.ndim == 2 and noisy.dtype == bool:
+        clean = np.asarray(clean).reshape(-1)
+        n, k = noisy.shape
+        if len(clean) != n:
+            raise NoiseError(f"realized_rate: {len(clean)} clean labels but {n} candidate sets")
+        if n == 0 or k < 2:
+            return 0.0
+        false_in = int(noisy.sum()) - int(noisy[np.arange(n), clean].sum())
+        return false_in / (n * (k - 1))
+    clean, noisy = np.asarray(clean).reshape(-1), noisy.reshape(-1)
     if len(clean) != len(noisy):
         raise NoiseError(f"realized_rate: {len(clean)} clean labels but {len(noisy)} noisy ones")
     return float(np.mean(clean != noisy)) if len(clean) else 0.0
@@ -348,13 +379,22 @@ def transition_matrix(clean, noisy, num_classes: int) -> np.ndarray:
     return np.divide(t, rows, out=np.zeros_like(t), where=rows > 0)
 
 
+def candidate_set_size(labels) -> float:
+    """Mean size of the candidate sets of an (N, K) bool mask; 1.0 for class labels (N,) and for no samples."""
+    arr = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+    if arr.ndim == 2 and arr.dtype == bool and len(arr):
+        return float(arr.sum(axis=1).mean())
+    return 1.0
+
+
 def label_hash(labels) -> str:
-    """First 16 hex characters of the sha256 of the labels as little-endian int64: equal labels, equal hash."""
+    """First 16 hex characters of the sha256 of the labels as little-endian int64: equal labels, equal hash.
+    Candidate sets hash their (N, K) entries the same way (row by row, 0 or 1)."""
     if hasattr(labels, "detach"):
         labels = labels.detach().cpu().numpy()
     arr = np.ascontiguousarray(np.asarray(labels).reshape(-1), dtype="<i8")
     return hashlib.sha256(arr.tobytes()).hexdigest()[:16]
 
 
-__all__ = ["corrupt_labels", "realized_rate", "transition_matrix", "label_hash", "asymmetric_map",
+__all__ = ["corrupt_labels", "realized_rate", "candidate_set_size", "transition_matrix", "label_hash", "asymmetric_map",
            "read_label_file", "NoiseError", "NOISE_KINDS", "CIFAR100_COARSE", "CIFAR10_FLIPS", "MNIST_FLIPS"]

@@ -10,7 +10,8 @@ import torch
 
 import dal_search.objectives.losses as losses_module
 from dal_search.objectives.config import TrainConfig
-from dal_search.objectives.losses import LOSSES, bootstrap_term, ce, dal, gce, mae, make_loss, nce_rce, sce
+from dal_search.objectives.losses import (LOSSES, SampleWeights, bootstrap_term, candidate_set_losses, cc, ce, dal,
+                                          gce, mae, make_loss, nce_rce, proden, sce)
 
 N, K = 16, 10
 rng = np.random.default_rng(0)
@@ -292,9 +293,11 @@ def test_bad_arguments_raise_clear_errors():
 
 
 def test_registry_holds_the_paper_losses():
-    assert LOSSES.names() == ("ce", "mae", "gce", "sce", "nce_rce", "dal")
+    assert LOSSES.names() == ("ce", "mae", "gce", "sce", "nce_rce", "dal", "cc", "proden")
     assert LOSSES["dal"].obj is dal and LOSSES["gce"].obj is gce
     assert LOSSES["dal"].get("scheduled") and not LOSSES["gce"].get("scheduled")
+    assert candidate_set_losses() == ["gce", "dal", "cc", "proden"]
+    assert LOSSES["proden"].get("state") is SampleWeights and LOSSES["dal"].get("state") is None
 
 
 def test_make_loss_dal_applies_bootstrap_scale_and_kind():
@@ -326,3 +329,178 @@ def test_make_loss_static_losses_use_config_and_ignore_schedule_values():
 
 def test_docstring_examples_run():
     assert doctest.testmod(losses_module).failed == 0
+
+
+# ---------------------------------------------------------------- partial labels: candidate sets S (N, K)
+# S holds the true label Y and each other class with probability 0.4 (rows 0 and 1: one entry; row 2: all K)
+S = (rng.random((N, K)) < 0.4)
+S[ROWS, Y] = True
+S[0] = np.eye(K, dtype=bool)[Y[0]]
+S[1] = np.eye(K, dtype=bool)[Y[1]]
+S[2] = True
+ST = torch.tensor(S)
+ONE = torch.tensor(np.eye(K, dtype=bool)[Y])  # the class labels as one-entry masks
+
+
+def np_mass(p=P, s=S):
+    return (p * s).sum(axis=1)
+
+
+def np_cc(p=P, s=S):
+    return np.mean(-np.log(np_mass(p, s)))
+
+
+def np_gce_s(q, p=P, s=S):
+    return np.mean((1 - np.clip(np_mass(p, s), 1e-6, 1) ** q) / q)
+
+
+def np_proden(w, p=P):
+    return np.mean(-(w * np.log(p)).sum(axis=1))
+
+
+def np_uniform(s=S):
+    return s / s.sum(axis=1, keepdims=True)
+
+
+def np_within(z, s=S):  # the net's probabilities renormalised within S
+    ps = softmax(z) * s
+    return ps / ps.sum(axis=1, keepdims=True)
+
+
+W = np_within(rng.normal(size=(N, K)))  # some other weights over S, rows summing to 1
+
+
+@pytest.mark.parametrize("name, args, ref", [
+    ("cc", (), lambda: np_cc()),
+    ("proden", (), lambda: np_proden(np_uniform())),
+    ("gce", (0.7,), lambda: np_gce_s(0.7)),
+    ("gce", (1.6,), lambda: np_gce_s(1.6)),
+    ("dal", (0.8, 0.0), lambda: np_gce_s(0.8)),
+    ("dal", (1.3, 0.5), lambda: np_gce_s(1.3) + 0.5 * np_entropy() / (1.3 * math.log(K))),
+    ("dal", (1.3, 0.5, "hard"), lambda: np_gce_s(1.3) + 0.5 * np_hard() / (1.3 * math.log(K))),
+])
+def test_candidate_set_losses_match_numpy(name, args, ref):
+    assert LOSSES[name].obj(t64(), ST, *args).item() == pytest.approx(ref(), rel=1e-12)
+    assert LOSSES[name].obj(t32(), ST, *args).item() == pytest.approx(ref(), rel=1e-5)
+
+
+def test_proden_with_given_weights_matches_numpy():
+    assert proden(t64(), ST, torch.tensor(W)).item() == pytest.approx(np_proden(W), rel=1e-12)
+    assert proden(t32(), ST, torch.tensor(W, dtype=torch.float32)).item() == pytest.approx(np_proden(W), rel=1e-5)
+    with pytest.raises(ValueError, match="weights must be shaped like the logits"):
+        proden(t64(), ST, torch.tensor(W[:, :3]))
+
+
+@pytest.mark.parametrize("z", [Z, Z * 20], ids=["moderate", "confident"])
+def test_one_entry_masks_give_todays_losses(z):
+    """A class label is the mask with one entry: GCE and DAL bit for bit (values and gradients), CC and
+    PRODEN equal CE up to rounding."""
+    for zz in (t64(z), t32(z), t32(z).to(torch.bfloat16)):
+        cases = [(gce, (0.7,)), (gce, (1.6,)), (dal, (0.8, 0.0)), (dal, (1.3, 0.5)), (dal, (1.3, 0.5, "hard"))]
+        for fn, args in cases:
+            za, zb = zz.clone().requires_grad_(), zz.clone().requires_grad_()
+            a, b = fn(za, ONE, *args), fn(zb, YT, *args)
+            assert torch.equal(a, b), (fn.__name__, args, zz.dtype)
+            a.backward()
+            b.backward()
+            assert torch.equal(za.grad, zb.grad), (fn.__name__, args, zz.dtype)
+        rel = 1e-12 if zz.dtype == torch.float64 else 1e-6
+        assert cc(zz, ONE).item() == pytest.approx(ce(zz, YT).item(), rel=rel)
+        assert proden(zz, ONE).item() == pytest.approx(ce(zz, YT).item(), rel=rel)
+    assert cc(t64(z), YT).item() == pytest.approx(np_ce(softmax(z)), rel=1e-12)  # class labels: CE itself
+    assert proden(t64(z), YT).item() == pytest.approx(np_ce(softmax(z)), rel=1e-12)
+
+
+def test_candidate_mass_edges():
+    full = torch.ones(N, K, dtype=torch.bool)  # every class a candidate: p_S = 1, nothing to learn
+    assert cc(t64(), full).item() == pytest.approx(0.0, abs=1e-12)
+    assert gce(t64(), full, 0.7).item() == pytest.approx(0.0, abs=1e-12)
+    empty = ST.clone()
+    empty[3] = False  # an empty set is a caller's bug: CC says so with an infinite loss, GCE clamps
+    assert math.isinf(cc(t64(), empty).item())
+    assert math.isfinite(gce(t64(), empty, 0.7).item())
+    z = np.zeros((1, K))
+    z[0, 0] = 200.0  # p of every other class underflows even in float64; CC stays finite in log space
+    s = np.zeros((1, K), dtype=bool)
+    s[0, [1, 2]] = True
+    assert cc(t64(z), torch.tensor(s)).item() == pytest.approx(200 - math.log(2), rel=1e-12)
+
+
+def test_candidate_mass_gradients_closed_form():
+    # d(-log p_S)/dz_k = p_k - p_k [k in S] / p_S;  d((1 - p_S^q)/q)/dz_k = -p_S^(q-1) p_k ([k in S] - p_S)
+    ps = np_mass()[:, None]
+    zt = t64(grad=True)
+    cc(zt, ST).backward()
+    np.testing.assert_allclose(zt.grad.numpy(), (P - P * S / ps) / N, rtol=1e-10, atol=1e-14)
+    q = 1.4
+    zt = t64(grad=True)
+    gce(zt, ST, q).backward()
+    expected = -(np.clip(ps, 1e-6, 1) ** (q - 1)) * P * (S - ps) / N
+    expected[2] = 0  # row 2 holds every class: p_S = 1 at the clamp's top, no gradient either way
+    np.testing.assert_allclose(zt.grad.numpy(), expected, rtol=1e-9, atol=1e-12)
+    zt = t64(grad=True)
+    proden(zt, ST, torch.tensor(W)).backward()  # the weights are constants: p - w
+    np.testing.assert_allclose(zt.grad.numpy(), (P - W) / N, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("name, args", [
+    ("cc", ()), ("proden", ()), ("gce", (0.7,)), ("gce", (1.8,)), ("dal", (0.8, 0.0)), ("dal", (1.3, 0.5, "soft")),
+    ("dal", (1.3, 0.5, "hard")),
+])
+def test_candidate_set_gradcheck_float64(name, args):
+    z = t64(Z[3:6, :5], grad=True)
+    s = torch.tensor([[True, False, True, False, False], [False, True, True, True, False],
+                      [False, False, False, False, True]])
+    assert torch.autograd.gradcheck(lambda zz: LOSSES[name].obj(zz, s, *args), (z,))
+
+
+@pytest.mark.parametrize("name", ["ce", "mae", "sce", "nce_rce"])
+def test_losses_without_a_candidate_form_refuse_a_mask(name):
+    with pytest.raises(ValueError, match=f"loss '{name}' takes class labels.*use one of: gce, dal, cc, proden"):
+        LOSSES[name].obj(t32(), ST)
+
+
+def test_a_mask_of_the_wrong_shape_is_refused():
+    for bad in (ST[:, :5], ST[:5]):
+        with pytest.raises(ValueError, match="bool mask shaped like the logits"):
+            gce(t32(), bad, 0.7)
+    with pytest.raises(ValueError, match="labels \\(N,\\)"):
+        cc(t32(), ST.long())  # an int mask is not a candidate set
+
+
+def test_make_loss_binds_proden_to_the_training_set_and_moves_its_weights_each_epoch():
+    labels = ST  # the "training set": N samples
+    fn = make_loss(TrainConfig(loss="proden", noise="partial", noise_rate=0.3), labels=labels)
+    assert fn.state is not None
+    first, second = torch.arange(0, 8), torch.arange(8, N)
+    # epoch 0: uniform weights over S, whatever the logits
+    z0 = rng.normal(size=(N, K))
+    for idx in (first, second):
+        got = fn(t64(z0)[idx], labels[idx], 1.0, 0.0, idx).item()
+        assert got == pytest.approx(np_proden(np_uniform(S[idx]), softmax(z0[idx])), rel=1e-6)
+    fn.end_epoch()
+    # epoch 1: each sample's weights are the net's probabilities within S from its step of epoch 0
+    z1 = rng.normal(size=(N, K))
+    np.testing.assert_allclose(fn.state.weights.numpy(), np_within(z0), rtol=1e-6)
+    got = fn(t64(z1)[second], labels[second], 1.0, 0.0, second).item()
+    assert got == pytest.approx(np_proden(np_within(z0[8:], S[8:]), softmax(z1[8:])), rel=1e-6)
+    np.testing.assert_allclose(fn.state.weights.numpy(), np_within(z0), rtol=1e-6)  # not until end_epoch
+    fn.end_epoch()
+    expected = np_within(z0)
+    expected[8:] = np_within(z1[8:], S[8:])  # rows not seen in epoch 1 keep their weights
+    np.testing.assert_allclose(fn.state.weights.numpy(), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="pass idx"):
+        fn(t64(z1), labels, 1.0, 0.0)
+    with pytest.raises(ValueError, match="needs the training labels"):
+        make_loss(TrainConfig(loss="proden"))
+    # class labels: CE, and no weights kept at all
+    fn = make_loss(TrainConfig(loss="proden"), labels=YT)
+    assert fn.state.weights is None
+    assert fn(t64(), YT, 1.0, 0.0, ROWS).item() == pytest.approx(np_ce(), rel=1e-12)
+
+
+def test_make_loss_stateless_losses_take_and_ignore_idx():
+    fn = make_loss(TrainConfig(loss="dal", noise="partial"))
+    assert fn.state is None and fn.end_epoch() is None
+    expected = np_gce_s(1.3) + 0.5 * np_entropy() / (1.3 * math.log(K))
+    assert fn(t64(), ST, 1.3, 0.5, torch.arange(N)).item() == pytest.approx(expected, rel=1e-12)

@@ -2,13 +2,14 @@
 independently of objectives.noise."""
 
 import hashlib
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from dal_search.objectives.noise import (NoiseError, asymmetric_map, corrupt_labels, label_hash, realized_rate,
-                              transition_matrix)
+from dal_search.objectives.noise import (NoiseError, asymmetric_map, candidate_set_size, corrupt_labels, label_hash,
+                                         realized_rate, transition_matrix)
 from dal_search.objectives.noise import _trunc_normal
 
 N = 20000
@@ -322,3 +323,54 @@ def test_realized_rate_transition_matrix_and_hash():
     assert label_hash([3, 1, 2]) == label_hash(np.array([3, 1, 2], dtype=np.int32)) == expected
     assert label_hash(torch.tensor([3, 1, 2])) == expected and len(expected) == 16
     assert label_hash([3, 1, 2]) != label_hash([3, 2, 1])
+
+
+# ---------------------------------------------------------------- partial labels (candidate sets)
+
+
+@pytest.mark.parametrize("r", [0.1, 0.3, 0.5, 0.7])
+def test_partial_labels_are_uniform_candidate_sets_holding_the_true_class(r):
+    s = corrupt_labels(CLEAN10, "partial", r, 10, seed=0)
+    assert s.dtype == bool and s.shape == (N, 10)
+    assert s[np.arange(N), CLEAN10].all()  # the true class is always a candidate
+    false = ~np.eye(10, dtype=bool)[CLEAN10]
+    # every false class joins independently with probability r: per class, and over all N (K-1) pairs
+    for c in range(10):
+        col = s[false[:, c], c]
+        assert col.mean() == pytest.approx(r, abs=_tol(r, len(col)))
+    assert s[false].mean() == pytest.approx(r, abs=_tol(r, N * 9))
+    assert realized_rate(CLEAN10, s) == s[false].mean()
+    assert candidate_set_size(s) == pytest.approx(1 + 9 * r, abs=9 * _tol(r, N * 9))
+    # independence: the set size (less the true class) is Binomial(K - 1, r)
+    sizes = np.bincount(s.sum(axis=1) - 1, minlength=10) / N
+    binom = [math.comb(9, k) * r ** k * (1 - r) ** (9 - k) for k in range(10)]
+    assert np.allclose(sizes, binom, atol=0.015)
+
+
+def test_partial_labels_per_seed_nested_over_rates_and_rate_zero():
+    before = CLEAN10.copy()
+    a = corrupt_labels(CLEAN10, "partial", 0.3, 10, seed=5)
+    assert np.array_equal(a, corrupt_labels(CLEAN10, "partial", 0.3, 10, seed=5))
+    assert not np.array_equal(a, corrupt_labels(CLEAN10, "partial", 0.3, 10, seed=6))
+    assert np.array_equal(CLEAN10, before)
+    # one draw per (sample, class): at a higher rate the same seed's sets only grow
+    b = corrupt_labels(CLEAN10, "partial", 0.5, 10, seed=5)
+    assert (b >= a).all() and (b > a).any()
+    zero = corrupt_labels(CLEAN10, "partial", 0.0, 10, seed=5)
+    assert zero.dtype == bool and np.array_equal(zero, np.eye(10, dtype=bool)[CLEAN10])
+    assert realized_rate(CLEAN10, zero) == 0.0 and candidate_set_size(zero) == 1.0
+    with pytest.raises(NoiseError, match=r"\[0, 1\)"):
+        corrupt_labels(CLEAN10, "partial", 1.0, 10, 0)
+
+
+def test_candidate_set_reports():
+    clean = np.array([0, 1, 2])
+    s = np.array([[1, 0, 0, 0], [1, 1, 0, 1], [0, 1, 1, 0]], dtype=bool)
+    assert realized_rate(clean, s) == pytest.approx(3 / 9)  # false classes in: 0 + 2 + 1 of 3 x 3
+    assert candidate_set_size(s) == pytest.approx(6 / 3)
+    assert candidate_set_size(torch.tensor(s)) == pytest.approx(2.0)
+    assert candidate_set_size(clean) == 1.0
+    with pytest.raises(NoiseError, match="3 clean labels but 2 candidate sets"):
+        realized_rate(clean, s[:2])
+    h = label_hash(s)
+    assert h == label_hash(s.copy()) and h != label_hash(s[::-1]) and h != label_hash(clean)
