@@ -30,12 +30,19 @@ class TrainConfig:
     data_dir: str = "./data"
     download: bool = False
     val_fraction: float = 0.1
+    # None: the whole training pool; N: a stratified random subset of N images of it, the same for every seed
+    # (drawn with a fixed seed before the noise), so all seeds of a trial see the same images
+    train_size: int | None = None
+    # folder: datasets only: every image resized (squashed) to image_size x image_size; None: the images must
+    # all have one size already
+    image_size: int | None = None
     # label noise, applied to train and validation labels; test labels stay clean
     noise: str = "symmetric"
     noise_rate: float = 0.4
     noise_file: str | None = None  # .npy of labels, or CIFAR-N .pt as "path.pt:worse_label"
     # model
-    model: str = "auto"  # auto: the dataset's default (mlp for digits, cnn for (fashion-)mnist, resnet18 for cifar)
+    model: str = "auto"  # auto: the dataset's default (mlp for digits, cnn for (fashion-)mnist, resnet18 for cifar,
+    # cnn for a user's images, mlp for a user's vectors); or py:MODULE:FACTORY, a user's own network
     # loss
     loss: str = "dal"
     q: float = 0.7  # GCE's q
@@ -142,7 +149,10 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def _registered(value: str, registry) -> None:
     try:
-        registry.resolve(value)
+        entry, arg = registry.resolve(value)
+        check = entry.get("check")  # a prefix entry's syntax check of its argument ('py:' needs MODULE:NAME)
+        if check is not None and arg is not None:
+            check(arg)
     except ValueError as e:  # the registry's message lists what exists
         raise ConfigError(str(e)) from None
 
@@ -199,6 +209,14 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError(f"val_fraction must be in (0, 0.5), got {c.val_fraction}")
     if c.threads is not None and c.threads < 1:
         raise ConfigError(f"threads must be >= 1, got {c.threads}")
+    if c.train_size is not None and c.train_size < 1:
+        raise ConfigError(f"train_size must be a positive number of images (or empty for all), got {c.train_size}")
+    if c.image_size is not None:
+        if not 4 <= c.image_size <= 1024:
+            raise ConfigError(f"image_size must be 4 to 1024 pixels (or empty to keep the images' own size), "
+                              f"got {c.image_size}")
+        if not _dataset_entry(c.dataset).get("resizes", False):
+            raise ConfigError(f"image_size applies to folder: datasets only; remove it for dataset {c.dataset!r}")
 
 
 def config_fields() -> list[dataclasses.Field]:

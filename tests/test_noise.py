@@ -103,7 +103,15 @@ def test_mnist_and_pair_flip_mappings():
     for src, dst in ((7, 1), (2, 7), (5, 6), (6, 5), (3, 8)):
         expected[src, src], expected[src, dst] = 0.7, 0.3
     assert np.all(t[expected == 0] == 0) and np.allclose(t, expected, atol=0.05)
-    for dataset in ("digits", "fashion-mnist", None):
+    # Fashion-MNIST: GCE's look-alike flips, boot->sneaker->sandal, pullover->shirt, coat->dress
+    noisy = corrupt_labels(CLEAN10, "asymmetric", 0.3, 10, seed=2, dataset="fashion-mnist")
+    t = transition_matrix(CLEAN10, noisy, 10)
+    expected = np.eye(10)
+    for src, dst in ((9, 7), (7, 5), (2, 6), (4, 3)):
+        expected[src, src], expected[src, dst] = 0.7, 0.3
+    assert np.all(t[expected == 0] == 0) and np.allclose(t, expected, atol=0.05)
+    assert realized_rate(CLEAN10, noisy) == pytest.approx(0.4 * 0.3, abs=_tol(0.12, N))
+    for dataset in ("digits", None):
         noisy = corrupt_labels(CLEAN10, "asymmetric", 0.3, 10, seed=2, dataset=dataset)
         flipped = noisy != CLEAN10
         assert np.array_equal(noisy[flipped], (CLEAN10[flipped] + 1) % 10)
