@@ -7,8 +7,9 @@ budget. `AttrHeartbeat` gives those storages the same contract through Optuna's 
 unchanged): a beat is the trial system attr `dal:heartbeat` = the worker's wall clock (Unix seconds).
 
 A RUNNING trial is stale when `now - max(last beat, datetime_start) > grace_period` (default twice the
-interval). Like RDBStorage, a trial that never beat (its worker ran without heartbeats) is never judged
-stale. Clocks: each worker stamps its own time, so hosts sharing a journal or a proxy need clocks that agree
+interval). A trial that never beat counts from its start: its worker died between claiming it and its first
+beat, and would otherwise hold the study RUNNING for ever (so on a storage with heartbeats every worker must
+beat; dal-search's do, before anything else). Clocks: each worker stamps its own time, so hosts sharing a journal or a proxy need clocks that agree
 to well within the grace period (NTP does); RDBStorage does not need this.
 """
 
@@ -56,12 +57,11 @@ class AttrHeartbeat(BaseHeartbeat):
         now = time.time()
         stale = []
         for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):  # type: ignore[attr-defined]
-            beat = t.system_attrs.get(HEARTBEAT_ATTR)
-            if beat is None:
-                continue
-            # A retry inherits the system attrs of the trial it retries; its own start time counts as a beat.
-            started = t.datetime_start.timestamp() if t.datetime_start is not None else 0.0
-            if now - max(float(beat), started) > grace:
+            # A retry may inherit the system attrs of the trial it retries; its own start time counts as a beat.
+            marks = [float(m) for m in (t.system_attrs.get(HEARTBEAT_ATTR),
+                                        t.datetime_start.timestamp() if t.datetime_start is not None else None)
+                     if m is not None]
+            if marks and now - max(marks) > grace:
                 stale.append(t._trial_id)
         return stale
 

@@ -8,9 +8,12 @@ holding one small connection pool and Optuna's trial cache. `run_storage_proxy` 
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import socket
-from typing import Any
+import time
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import optuna
@@ -20,6 +23,8 @@ from dal_search.storage._heartbeat import HeartbeatGrpcStorageProxy
 
 CONNECT_TIMEOUT_S = 5
 READY_TIMEOUT_S = 3  # a gRPC handshake; something else on the port never completes it
+LOCK_PREFIX = "dal-search:lock:"
+log = logging.getLogger("dal-search.storage")
 
 
 def open_grpc(url: str, **heartbeat: Any) -> HeartbeatGrpcStorageProxy:
@@ -80,3 +85,46 @@ def _check_port_free(host: str, port: int) -> None:
                 raise StorageError(f"port {port} on {host} is already in use; choose another with --port"
                                    ) from None
             raise StorageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+@contextlib.contextmanager
+def proxy_lock(storage: optuna.storages.BaseStorage, name: str, timeout: float = 60.0,
+               poll: float = 0.05) -> Iterator[None]:
+    """A lock shared by every client of a gRPC storage proxy, which offers none of its own: holding it is having
+    created the study `dal-search:lock:NAME`, which the storage behind the proxy lets exactly one caller create.
+
+    The study exists only while the lock is held (other tools listing studies may glimpse it). A holder that
+    died leaves it behind: a waiter that has seen the same lock study for `timeout` seconds deletes it, by id,
+    so two waiters cannot delete each other's fresh lock, and takes its turn. Hold it for short steps only.
+    """
+    from optuna.exceptions import DuplicatedStudyError
+    from optuna.study import StudyDirection
+
+    study_name = LOCK_PREFIX + name
+    seen: tuple[int, float] | None = None
+    while True:
+        try:
+            lock_id = storage.create_new_study([StudyDirection.MINIMIZE], study_name)
+            break
+        except DuplicatedStudyError:
+            pass
+        try:
+            held = storage.get_study_id_from_name(study_name)
+        except KeyError:
+            continue  # released meanwhile
+        now = time.monotonic()
+        if seen is None or seen[0] != held:
+            seen = (held, now)
+        elif now - seen[1] > timeout:
+            log.warning("lock %s held for over %.0f s (its holder died?); breaking it", name, timeout)
+            with contextlib.suppress(KeyError):
+                storage.delete_study(held)
+            continue
+        time.sleep(poll)
+    try:
+        yield
+    finally:
+        try:
+            storage.delete_study(lock_id)
+        except Exception as e:  # noqa: BLE001 - an outage: the lock is broken after `timeout` by a waiter
+            log.warning("could not release lock %s (%s); it expires in %.0f s", name, type(e).__name__, timeout)

@@ -9,6 +9,10 @@ Both are Optuna's RDBStorage, which creates its schema on first use and keeps he
   is one line naming the fix and nothing is written; a small pool (2 + 2 overflow) per process with
   pre-ping and recycling, so a restarted server is reconnected to rather than surfacing as an error.
 - Several processes opening a fresh database at once race to create the schema; the loser retries.
+- A RUNNING trial that never beat (its worker died between claiming it and its first heartbeat) is stale once
+  the grace period has passed since it started, like a trial whose beats stopped; Optuna's RDBStorage never
+  judges such a trial, so it would stay RUNNING for ever. Its start is stamped by the worker's clock (Optuna
+  writes it), so for this one case the hosts' clocks and time zones must agree to well within the grace.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -173,12 +178,42 @@ def _reason(msg: str) -> str:
     return line.rsplit("failed: ", 1)[-1].strip() or line
 
 
+class HeartbeatRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage whose stale check also fails RUNNING trials that never beat (see the module note)."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        import sqlalchemy
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+        from optuna.trial import TrialState
+        from sqlalchemy import orm
+
+        assert self.heartbeat_interval is not None
+        grace = timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+        stale = []
+        with _create_scoped_session(self.scoped_session, True) as session:
+            # Beats are stamped by the database's clock, starts by the worker's: each is compared with its own.
+            db_now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
+            local_now = datetime.now()
+            running = (session.query(models.TrialModel)
+                       .options(orm.selectinload(models.TrialModel.heartbeats))
+                       .filter(models.TrialModel.state == TrialState.RUNNING,
+                               models.TrialModel.study_id == study_id).all())
+            for trial in running:
+                if trial.heartbeats:
+                    if db_now - trial.heartbeats[0].heartbeat > grace:
+                        stale.append(trial.trial_id)
+                elif trial.datetime_start is not None and local_now - trial.datetime_start > grace:
+                    stale.append(trial.trial_id)
+        return stale
+
+
 def _create(url: str, engine_kwargs: dict, *, heartbeat_interval: int | None, grace_period: int | None,
             callback: Callable | None) -> optuna.storages.RDBStorage:
     import sqlalchemy.exc
 
     def make() -> optuna.storages.RDBStorage:
-        return optuna.storages.RDBStorage(
+        return HeartbeatRDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
             grace_period=grace_period if heartbeat_interval else None,
             heartbeat_stale_trial_callback=callback if heartbeat_interval else None)

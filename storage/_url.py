@@ -14,6 +14,12 @@ which queues the failed trial again as a WAITING trial with the same params (sys
 `retry_history`), at most MAX_RETRY times. RDB storages keep beats in the database; the journal and the gRPC
 client keep them as a trial system attr (see storage._heartbeat). `heartbeat_interval=None` turns both off.
 
+Heartbeat settings are shared by every process of a pool (local workers, `dal-search worker`, the Ray pool's
+driver and actors), all read in one place, `heartbeat_settings()`: DAL_SEARCH_HEARTBEAT (seconds between
+beats, default 60) and DAL_SEARCH_GRACE (seconds without a beat before a trial is stale, default twice the
+interval). `open_storage` uses them unless given values of its own; a value that is not a positive number is
+a StorageError naming the variable.
+
 Servers are probed with a short timeout before Optuna touches them, so an unreachable host, a wrong password
 or a missing database is one line (`StorageError`) naming the fix, and nothing is written.
 """
@@ -35,6 +41,8 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 DEFAULT_URL = "sqlite:///runs/dal-search.db"
 ENV_VAR = "DAL_SEARCH_STORAGE"
+HEARTBEAT_VAR, GRACE_VAR = "DAL_SEARCH_HEARTBEAT", "DAL_SEARCH_GRACE"
+DEFAULT_HEARTBEAT_S = 60
 MAX_RETRY = 3
 ACCEPTED = ("sqlite:///PATH.db (or a bare PATH.db), postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB, "
             "journal:PATH.log (or a bare PATH.log), redis://HOST:PORT/DB, grpc://HOST:PORT")
@@ -63,14 +71,55 @@ def normalise_url(url: str | None) -> str:
     return url
 
 
-def open_storage(url: str | None = None, *, heartbeat_interval: int | None = 60, grace_period: int | None = None,
-                 for_workers: bool = True) -> optuna.storages.BaseStorage:
+class _FromEnv:
+    def __repr__(self) -> str:
+        return f"${HEARTBEAT_VAR} / ${GRACE_VAR}"
+
+
+FROM_ENV: Any = _FromEnv()
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds, from DAL_SEARCH_HEARTBEAT (default 60) and
+    DAL_SEARCH_GRACE (default twice the interval). Every worker of every kind gets its settings here, so a
+    pool agrees on when a trial is stale. Whole seconds (Optuna's contract); "1.5" rounds up to 2. A value
+    that is not a positive number is a StorageError naming the variable."""
+    interval = _seconds(HEARTBEAT_VAR, DEFAULT_HEARTBEAT_S)
+    return interval, _seconds(GRACE_VAR, 2 * interval)
+
+
+def _seconds(var: str, default: int) -> int:
+    import math
+
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise StorageError(f"{var}={raw!r} is not a positive number of seconds; set it to e.g. "
+                           f"{var}={default} or unset it")
+    return max(1, math.ceil(value))
+
+
+def open_storage(url: str | None = None, *, heartbeat_interval: int | None = FROM_ENV,
+                 grace_period: int | None = FROM_ENV, for_workers: bool = True) -> optuna.storages.BaseStorage:
     """The Optuna storage named by `url` (see the module docstring for the forms); StorageError if unusable.
 
-    `for_workers=False` is for readers (studies, export, report, dashboard): no heartbeats, and a SQLite or
-    journal file that does not exist is an error rather than being created empty.
+    Heartbeats: by default both settings come from `heartbeat_settings()` (the environment); an explicit
+    `heartbeat_interval` takes its grace period from `grace_period` (None: twice the interval), and
+    `heartbeat_interval=None` turns heartbeats off. `for_workers=False` is for readers (studies, export,
+    report, dashboard): no heartbeats, and a SQLite or journal file that does not exist is an error rather
+    than being created empty.
     """
     url = normalise_url(url)
+    if heartbeat_interval is FROM_ENV:
+        heartbeat_interval, env_grace = heartbeat_settings() if for_workers else (None, None)
+        grace_period = env_grace if grace_period is FROM_ENV else grace_period
+    elif grace_period is FROM_ENV:
+        grace_period = None
     if not for_workers:
         heartbeat_interval = None
     if heartbeat_interval is not None and heartbeat_interval <= 0:
@@ -108,5 +157,5 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int | None = 60,
     raise StorageError(f"unsupported storage {describe_storage(url)!r}; {hint}use one of: {ACCEPTED}")
 
 
-__all__ = ["open_storage", "describe_storage", "normalise_url", "StorageError", "DEFAULT_URL", "ACCEPTED",
-           "MAX_RETRY"]
+__all__ = ["open_storage", "describe_storage", "normalise_url", "heartbeat_settings", "StorageError", "DEFAULT_URL",
+           "ACCEPTED", "MAX_RETRY"]

@@ -8,6 +8,9 @@ One document per study:
                    wall_time, params, retry_of, completed, exported, dal_search_version, git_sha, git_dirty,
                    versions (python, torch, torchvision, numpy, optuna, scikit-learn)
 
+git_sha is the commit of the code's own checkout, or "unknown" when the code is not in one (an installed
+wheel, an sdist or a tarball, or no git on the PATH); git_dirty is then null.
+
 One study is written as one mapping. Several (a campaign) are a YAML multi-document stream (`---` between
 studies) or a JSON list, in the storage's study order; `load_train_config("best.yaml#STUDY")` (or `#INDEX`)
 picks one. A campaign's studies without a completed trial are left out with a warning; a study named
@@ -52,22 +55,28 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _git(*args: str) -> subprocess.CompletedProcess | None:
-    root = Path(__file__).resolve().parents[1]  # the code's checkout, not the caller's cwd
+UNKNOWN_SHA = "unknown"
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess | None:
     try:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def _git_state() -> tuple[str | None, bool | None]:
-    """(HEAD's SHA, whether tracked files differ from it), or (None, None) outside a git checkout."""
-    head = _git("rev-parse", "HEAD")
-    if head is None or head.returncode != 0 or not head.stdout.strip():
-        return None, None
-    status = _git("status", "--porcelain", "--untracked-files=no")
+def _git_state(root: Path | None = None) -> tuple[str, bool | None]:
+    """(HEAD's SHA, whether tracked files differ from it) of the checkout holding `root` (default: this code's,
+    not the caller's cwd), or ("unknown", None) outside a git checkout or without git."""
+    root = (Path(__file__).resolve().parents[1] if root is None else root).resolve()
+    head = _git(root, "rev-parse", "--show-toplevel", "HEAD")
+    lines = head.stdout.splitlines() if head is not None and head.returncode == 0 else []
+    # The code must BE the checkout: an sdist unpacked inside some other repository is not that repository.
+    if len(lines) != 2 or Path(lines[0]).resolve() != root:
+        return UNKNOWN_SHA, None
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
     dirty = bool(status.stdout.strip()) if status is not None and status.returncode == 0 else None
-    return head.stdout.strip(), dirty
+    return lines[1], dirty
 
 
 def _backend(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
@@ -91,7 +100,7 @@ def _best(storage: optuna.storages.BaseStorage, study_id: int) -> FrozenTrial | 
 # ---------------------------------------------------------------- export
 
 def best_document(storage: optuna.storages.BaseStorage, frozen_study: Any,
-                  code: tuple[str | None, bool | None] | None = None) -> dict[str, Any]:
+                  code: tuple[str, bool | None] | None = None) -> dict[str, Any]:
     """The export document of one study (a FrozenStudy from storage.get_all_studies())."""
     name = frozen_study.study_name
     if len(frozen_study.directions) != 1:

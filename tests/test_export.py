@@ -14,7 +14,7 @@ from optuna.trial import TrialState, create_trial
 
 from dal_search.objectives.config import ConfigError, TrainConfig
 from dal_search.storage import StorageError, open_storage
-from dal_search.storage.export import export_best, load_train_config, study_summaries
+from dal_search.storage.export import _git_state, export_best, load_train_config, study_summaries
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DIST = {"q_start": FloatDistribution(0.1, 1.0), "q_end": FloatDistribution(1.0, 2.0),
@@ -71,7 +71,9 @@ def test_single_study_export_round_trips_to_the_same_train_config(storage, tmp_p
     assert (prov["device"], prov["wall_time"]) == ("cpu", 3.0)
     assert prov["params"] == {"q_start": 0.4, "q_end": 1.5, "schedule": "cosine"}
     assert prov["completed"] and prov["retry_of"] is None
-    assert prov["dal_search_version"] and re.fullmatch(r"[0-9a-f]{40}", prov["git_sha"])
+    assert prov["dal_search_version"]
+    # the code's own commit in a git checkout, "unknown" in a tarball, sdist or wheel (both: see below)
+    assert prov["git_sha"] == _git_state()[0] and (prov["git_sha"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}", prov["git_sha"]))
     assert set(prov["versions"]) == {"python", "torch", "torchvision", "numpy", "optuna", "scikit-learn"}
     assert prov["versions"]["optuna"] == optuna.__version__
     cfg = load_train_config(out)
@@ -179,3 +181,30 @@ def test_study_summaries_count_every_state(tmp_path, kind):
     ce = rows["c/ce/digits/symmetric-0.4"]
     assert (ce["complete"], ce["best_value"], ce["best_trial"]) == (0, None, None)
     assert [r["name"] for r in study_summaries(storage, campaign="other")] == ["other/gce/digits/symmetric-0.4"]
+
+
+def test_provenance_names_the_commit_in_a_checkout_and_unknown_outside(tmp_path):
+    """Both cases whatever this suite runs from: code in a checkout of its own, in a plain folder (a tarball or
+    an sdist), and in a sub-folder of some other repository (which is not the code's commit)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("no git on PATH")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert _git_state(plain) == ("unknown", None)
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "code.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "code.py"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    assert _git_state(repo) == (head, False)
+    (repo / "code.py").write_text("x = 2\n")
+    assert _git_state(repo) == (head, True)
+    (repo / "vendored").mkdir()
+    assert _git_state(repo / "vendored") == ("unknown", None)
