@@ -338,38 +338,33 @@ def _lay_combinations(study: optuna.Study, space: dict[str, Any], budget: int) -
 
 
 def top_up(study: optuna.Study, budget: int, grid_points: list[dict[str, Any]] | None = None) -> int:
-    """Lay WAITING slots until the study holds `budget` slots in all, at most SLOT_WINDOW of them waiting.
+    """Queue the retries that a broken re-queue left missing (see search.slots), then lay WAITING slots until
+    the study holds `budget` slots in all, at most SLOT_WINDOW of them waiting. Returns how many trials were
+    added (retries and slots).
 
     Workers only ever pop slots, so a study never runs more than its budget. Slots are laid a window at a
     time because every unfinished trial is re-read by every sampler and pruner call: a budget of 1,000
-    laid at once would make each trial read 1,000 rows. Counting and laying happen under a storage-wide
-    lock; a storage without one (gRPC proxy, in-memory) gets its whole budget laid at once instead.
-    Returns how many slots were laid."""
-    from dal_search.storage.locks import storage_lock, supports_lock
+    laid at once would make each trial read 1,000 rows. Counting and laying happen under the study's slot
+    lock, which every storage dal-search opens has (a lock study through a gRPC proxy; none is needed in
+    memory, where there is one process)."""
+    from dal_search.search.slots import queue_retries, slot_lock
 
-    def lay() -> int:
+    with slot_lock(study):
         trials = study.get_trials(deepcopy=False)
+        retries = queue_retries(study, trials)
         slots = [t for t in trials if "failed_trial" not in t.system_attrs]
         waiting = sum(t.state == TrialState.WAITING for t in slots)
-        n = budget - len(slots)
-        if locking:
-            n = min(n, SLOT_WINDOW - waiting)
-        for i in range(len(slots), len(slots) + max(0, n)):
+        n = max(0, min(budget - len(slots), SLOT_WINDOW - waiting))
+        for i in range(len(slots), len(slots) + n):
             params = grid_points[i % len(grid_points)] if grid_points else {}
             study.enqueue_trial(params, user_attrs={"slot": i}, skip_if_exists=False)
-        return max(0, n)
-
-    locking = supports_lock(study._storage)
-    if not locking:
-        return lay()
-    with storage_lock(study._storage, f"slots:{study.study_name}"):
-        return lay()
+        return retries + n
 
 
 def campaign_study_names(storage: optuna.storages.BaseStorage, campaign: str | None) -> list[str]:
     """The studies of `campaign` (all dal-search studies when None), in creation order."""
     out = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+    for s in storage.get_all_studies():  # names and attrs only: no study's trials are read
         name = s.user_attrs.get("campaign")
         if name is not None and (campaign is None or name == campaign):
             out.append(s.study_name)

@@ -1,11 +1,19 @@
 """A worker: pops trial slots from a campaign's studies and trains them until none are left.
 
-The loop per trial: fail stale trials (their retry is queued by the storage's heartbeat callback), pop a
-WAITING slot atomically (never create a trial: the budget was laid down as slots), sample the open params
-with the study's sampler, train once per seed while a heartbeat thread keeps the trial alive, tell the
-result. A trial that cannot finish (non-finite loss, a config the trainer rejects) ends FAILED with its
-reason in user_attrs and the worker goes on. Ctrl-C / SIGTERM mid-trial marks the trial FAILED and re-queues
-its params as a retry slot, so the study stays consistent and its budget intact.
+The loop per trial: fail stale trials and queue their retries (search.slots), pop a WAITING slot atomically
+(never create a trial: the budget was laid down as slots), beat once at once, sample the open params with
+the study's sampler, train once per seed while a heartbeat thread keeps the trial alive, tell the result.
+A trial that cannot finish (non-finite loss, a config the trainer rejects) ends FAILED with its reason in
+user_attrs and the worker goes on. Ctrl-C / SIGTERM mid-trial marks the trial FAILED and re-queues its params
+as a retry slot, so the study stays consistent and its budget intact.
+
+Storage outages are waited out for DAL_SEARCH_STORAGE_PATIENCE seconds (default 300) per call; after that
+the worker stops with `StorageUnavailable` (one line from the CLI, exit status 75), its running trial left
+RUNNING so that it goes stale and is re-queued once the storage is back.
+
+Test-only fault injection (never set it in production): DAL_SEARCH_TEST_FAULT=kill-after-claim makes the
+worker SIGKILL itself right after claiming a slot, before its first heartbeat: the window tests need to
+show that such a trial still goes stale.
 """
 
 from __future__ import annotations
@@ -22,11 +30,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
-from optuna.storages import fail_stale_trials
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.trial import TrialState, create_trial
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+from optuna.trial import TrialState
 
 from dal_search.objectives.config import ConfigError, TrainConfig
+from dal_search.search.slots import requeue
 from dal_search.search.space import suggest
 from dal_search.storage.attrs import write_trial_results
 
@@ -38,6 +46,10 @@ SUMMARY_KEYS = ("test_acc", "best_test_acc", "val_acc", "best_val_acc", "test_ac
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 STORAGE_PATIENCE = float(os.environ.get("DAL_SEARCH_STORAGE_PATIENCE", "300"))
+
+
+class StorageUnavailable(Exception):
+    """The storage stayed unreachable for the whole patience; one line naming what to do."""
 
 
 def _storage_errors() -> tuple[type[BaseException], ...]:
@@ -57,15 +69,25 @@ def _storage_errors() -> tuple[type[BaseException], ...]:
 def retrying(fn: Callable, *args: Any, patience: float | None = None,
              retry_on: tuple[type[BaseException], ...] = (), **kwargs: Any) -> Any:
     """Call `fn`, retrying with backoff while the storage is unreachable (a database restart, a network
-    blip), for up to `patience` seconds; then the last error propagates. `retry_on` adds error types."""
-    deadline = time.monotonic() + (STORAGE_PATIENCE if patience is None else patience)
+    blip), for up to `patience` seconds; then StorageUnavailable, from the last error. `retry_on` adds error
+    types."""
+    wait = STORAGE_PATIENCE if patience is None else patience
+    deadline = time.monotonic() + wait
     delay = 0.5
     while True:
         try:
             return fn(*args, **kwargs)
         except (*_storage_errors(), *retry_on) as e:
             if time.monotonic() + delay > deadline:
-                raise
+                root = e
+                while root.__cause__ is not None:  # Optuna wraps the driver's error in a vaguer one
+                    root = root.__cause__
+                root = getattr(root, "orig", None) or root
+                detail = (str(root).strip().splitlines() or [""])[0][:200] or type(root).__name__
+                raise StorageUnavailable(
+                    f"the storage stayed unreachable for {wait:.0f} s ({detail}); this worker "
+                    f"stops and its running trial, if any, is re-queued once the storage is back: start the "
+                    f"worker again then (DAL_SEARCH_STORAGE_PATIENCE sets how long to wait)") from e
             log.warning("storage unavailable (%s); retrying in %.1f s", type(e).__name__, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -210,6 +232,19 @@ def _stop_check(should_stop: Callable[[], bool] | None):
     return check
 
 
+def fail_stale(study: optuna.Study) -> int:
+    """Fail the study's stale trials (RUNNING, no beat within the grace period, or none since they started)
+    and queue their retries; returns how many this worker failed. A no-op without heartbeats."""
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        return 0
+    stale = storage._get_stale_trial_ids(study._study_id)
+    for trial_id in stale:
+        requeue(study, trial_id, "stale", "stale: its worker stopped beating (died, hung or lost the storage "
+                                          "for longer than the grace period); re-queued")
+    return len(stale)
+
+
 def pop_slot(study: optuna.Study) -> int | None:
     """Atomically take one WAITING trial of `study` (as Study.ask does), or None. Never creates a trial."""
     storage = study._storage
@@ -220,23 +255,6 @@ def pop_slot(study: optuna.Study) -> int | None:
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
-
-
-def requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
-    """Fail an interrupted trial and queue its params again as a retry slot (same convention as Optuna's
-    heartbeat retry: system_attrs failed_trial / retry_history)."""
-    storage = study._storage
-    frozen = storage.get_trial(trial_id)
-    if frozen.state.is_finished():
-        return
-    storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-    storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-    fixed = frozen.system_attrs.get("fixed_params", {})
-    params = {**frozen.params, **fixed}
-    history = list(frozen.system_attrs.get("retry_history", [])) + [frozen.number]
-    study.add_trial(create_trial(
-        state=TrialState.WAITING, params=None, distributions=None,
-        system_attrs={"failed_trial": frozen.number, "retry_history": history, "fixed_params": params}))
 
 
 class _Stop(Exception):
@@ -281,12 +299,14 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
             rng.shuffle(order)
             ran = False
             for study in order:
-                retrying(fail_stale_trials, study)
+                retrying(fail_stale, study)
                 trial_id = retrying(pop_slot, study)
                 if trial_id is None and retrying(_top_up, study):
                     trial_id = retrying(pop_slot, study)
                 if trial_id is None:
                     continue
+                if _FAULT == "kill-after-claim":
+                    os.kill(os.getpid(), signal.SIGKILL)
                 try:
                     frozen = _run_slot(study, trial_id, train_fn, stats, should_stop)
                 except KeyboardInterrupt:
@@ -312,10 +332,10 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
 def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
               should_stop: Callable[[], bool] | None = None) -> optuna.trial.FrozenTrial:
     study._thread_local.cached_all_trials = None  # let the sampler see the newest trials
-    retrying(study._storage.set_trial_user_attr, trial_id, "worker", WORKER_ID)
-    trial = retrying(optuna.Trial, study, trial_id)
     state, value = TrialState.FAIL, None
-    with Heartbeat(trial_id, study._storage):
+    with Heartbeat(trial_id, study._storage):  # beats before anything else: from here on it can go stale
+        retrying(study._storage.set_trial_user_attr, trial_id, "worker", WORKER_ID)
+        trial = retrying(optuna.Trial, study, trial_id)
         try:
             value = run_trial(study, trial, train_fn, should_stop)
             state = TrialState.COMPLETE
@@ -328,6 +348,8 @@ def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
             # outage) and re-queued it: its result has nowhere to go, and nothing is left to record.
             log.warning("trial %d of %s was finished elsewhere (stale); moving on", trial.number, study.study_name)
             state = TrialState.FAIL
+        except StorageUnavailable:
+            raise  # the trial stays RUNNING and goes stale: re-queued once the storage is back
         except Exception as e:  # a bug or an environment problem: record it, keep the worker alive
             log.exception("trial %d of %s raised", trial.number, study.study_name)
             retrying(trial.set_user_attr, "fail_reason", f"{type(e).__name__}: {e}"[:2000])
@@ -345,6 +367,8 @@ def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
 
 
 def _top_up(study: optuna.Study) -> int:
+    """Queue the retries a failed re-queue left missing, then lay the next window of slots; how many trials
+    were added. Both happen under the study's slot lock inside `top_up`."""
     from dal_search.search.campaign import top_up
     from dal_search.search.space import all_grid_points
 
@@ -362,7 +386,7 @@ def _requeue_shielded(study: optuna.Study, trial_id: int) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, signal.SIG_IGN)
     try:
-        retrying(requeue, study, trial_id, "interrupted (Ctrl-C, SIGTERM or a pool stop); re-queued")
+        retrying(requeue, study, trial_id, "interrupted", "interrupted (Ctrl-C, SIGTERM or a pool stop); re-queued")
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -374,6 +398,9 @@ def _has_running(study: optuna.Study) -> bool:
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+_FAULT = os.environ.get("DAL_SEARCH_TEST_FAULT", "")
 
 
 def default_threads(workers: int) -> int:

@@ -276,21 +276,31 @@ def test_killed_worker_trial_is_failed_and_retried_with_same_params_postgres(pg_
 
 
 def _stale_in_process(storage) -> None:
-    """A trial that beat once and stopped (its worker died), beside one still beating: only the first is
-    failed and retried. Used for storages whose heartbeats are dal-search's (journal, gRPC)."""
+    """A trial that beat once and stopped (its worker died), one that never beat (its worker died between
+    claiming it and its first beat), beside one still beating: the first two are failed and retried, once
+    each; the third runs on. Used for every storage with heartbeats (grace period 1 s)."""
     study = optuna.create_study(storage=storage, study_name=f"stale-{uuid.uuid4().hex[:6]}", direction="maximize")
     dead = study.ask()
     dead.suggest_float("x", 0, 1)
     storage.record_heartbeat(dead._trial_id)
+    never = study.ask()
+    never.suggest_float("x", 0, 1)
     alive = study.ask()
     alive.suggest_float("x", 0, 1)
     time.sleep(2.2)
     storage.record_heartbeat(alive._trial_id)
-    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     _assert_retried(study, dead.number, {"x": dead.params["x"]})
+    _assert_retried(study, never.number, {"x": never.params["x"]})
     assert study.trials[alive.number].state == TrialState.RUNNING
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number][0]
     assert retry.datetime_complete is not None
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_sql_heartbeats_fail_trials_that_never_beat(tmp_path, kind, request):
+    url = f"sqlite:///{tmp_path}/n.db" if kind == "sqlite" else request.getfixturevalue("pg_db")
+    _stale_in_process(open_storage(url, heartbeat_interval=1, grace_period=1))
 
 
 def test_journal_file_heartbeats_fail_and_retry_stale_trials(tmp_path):
@@ -332,6 +342,62 @@ def test_proxy_refuses_a_bad_storage_before_serving(in_tmp):
     with pytest.raises(StorageError, match="MySQL is not supported"):
         run_storage_proxy("mysql://u@h/db", port=pgserver.free_port())
     assert list(in_tmp.iterdir()) == []
+
+
+@contextlib.contextmanager
+def _serving(db: str):
+    """A `dal-search storage-proxy` process for `db`; yields its grpc:// URL once it answers."""
+    port = pgserver.free_port()
+    proxy = subprocess.Popen([sys.executable, "-m", "dal_search", "storage-proxy", "--storage", db, "--port", str(port)],
+                             cwd=ROOT, stderr=subprocess.PIPE)
+    url = f"grpc://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                open_storage(url, heartbeat_interval=None)
+                break
+            except StorageError:
+                assert proxy.poll() is None, proxy.stderr.read().decode()
+                assert time.monotonic() < deadline, "the proxy never came up"
+                time.sleep(0.2)
+        yield url
+    finally:
+        proxy.terminate()
+        proxy.wait(30)
+
+
+def test_slots_through_a_grpc_proxy_are_laid_a_window_at_a_time_and_claimed_once(tmp_path):
+    """The proxy has no lock of its own; slots are still laid a window at a time (not the whole budget as
+    junk WAITING rows) and four clients racing to pop and top up spend the budget exactly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dal_search.search.campaign import SLOT_WINDOW, create_studies, parse_campaign, top_up
+    from dal_search.search.worker import pop_slot
+
+    budget = 40
+    camp = parse_campaign({"name": "g", "arms": {"dal": {"q_start": {"low": 0.1, "high": 1.0}, "q_end": 1.5}},
+                           "budget": {"trials": budget}, "sampler": "random"})
+    with _serving(f"sqlite:///{tmp_path}/p.db") as url:
+        (name,) = create_studies(open_storage(url, heartbeat_interval=None), camp)
+        assert len(optuna.load_study(study_name=name, storage=open_storage(url)).trials) == SLOT_WINDOW
+
+        def drain(_):
+            storage = open_storage(url, heartbeat_interval=None)  # a client (connection) of its own
+            study = optuna.load_study(study_name=name, storage=storage)
+            mine = []
+            while (tid := pop_slot(study)) is not None or (top_up(study, budget) and (tid := pop_slot(study))):
+                storage.set_trial_state_values(tid, TrialState.COMPLETE, [1.0])
+                mine.append(tid)
+            return mine
+
+        with ThreadPoolExecutor(4) as pool:
+            claims = [tid for mine in pool.map(drain, range(4)) for tid in mine]
+        trials = optuna.load_study(study_name=name, storage=open_storage(url)).trials
+        assert sorted(claims) == sorted(set(claims)) and len(claims) == budget
+        assert sorted(t.user_attrs["slot"] for t in trials) == list(range(budget))
+        assert all(t.state == TrialState.COMPLETE for t in trials)
+        assert optuna.get_all_study_names(open_storage(url)) == [name]  # no lock left behind
 
 
 def test_grpc_proxy_in_front_of_sqlite(tmp_path):

@@ -3,12 +3,14 @@ and the median pruner stops trials that fall behind, with the reason in their at
 
 from __future__ import annotations
 
+import time
+
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from dal_search.search.campaign import create_studies, parse_campaign
-from dal_search.search.worker import REPORTS_PER_TRIAL, run_worker
+from dal_search.search.worker import REPORTS_PER_TRIAL, pop_slot, run_worker
 from dal_search.storage import open_storage
 
 EPOCHS = 20
@@ -86,3 +88,73 @@ def test_a_trial_finished_elsewhere_does_not_stop_the_worker(tmp_path):
     assert stats.failed == 3 and stats.complete == 0
     trials = optuna.load_study(study_name=name, storage=storage).trials
     assert len(trials) == 3 and all(t.state == TrialState.FAIL for t in trials)
+
+
+# ---------------------------------------------------------------- re-queueing survives a fault between its two steps
+
+def _fail_then_drop_the_connection(storage, kinds=(TrialState.FAIL,)):
+    """Fault injection on the real storage object: the first write that fails a trial is committed, then the
+    call raises as if the database connection dropped before the caller heard back."""
+    import sqlalchemy.exc
+
+    real, fired = storage.set_trial_state_values, []
+
+    def set_trial_state_values(trial_id, state, values=None):
+        done = real(trial_id, state, values)
+        if state in kinds and not fired:
+            fired.append(trial_id)
+            raise sqlalchemy.exc.OperationalError("UPDATE trials", None, Exception("injected: connection lost"))
+        return done
+
+    storage.set_trial_state_values = set_trial_state_values
+    return fired
+
+
+def _one_retry_each(trials, failed_numbers):
+    for n in failed_numbers:
+        retries = [t for t in trials if t.system_attrs.get("retry_history", [None])[-1] == n]
+        assert len(retries) == 1, f"trial {n} has {len(retries)} retries"
+        assert retries[0].state == TrialState.COMPLETE
+
+
+@pytest.mark.parametrize("url", ["sqlite", "journal"])
+def test_a_stale_trial_whose_requeue_is_cut_off_keeps_its_slot(tmp_path, url):
+    """The database drops between "fail the stale trial" and "queue its retry": the next top-up queues it."""
+    path = f"sqlite:///{tmp_path}/w.db" if url == "sqlite" else f"journal:{tmp_path}/w.log"
+    storage = open_storage(path, heartbeat_interval=1, grace_period=1)
+    camp = _campaign("none", 3)
+    (name,) = create_studies(storage, camp)
+    dead = pop_slot(optuna.load_study(study_name=name, storage=storage))  # a worker that beat once, then died
+    storage.record_heartbeat(dead)
+    time.sleep(1.5)
+    fired = _fail_then_drop_the_connection(storage)
+    stats = run_worker(storage, camp.name, worker_seed=0, train_fn=fake_train)
+    assert fired == [dead]
+    trials = optuna.load_study(study_name=name, storage=open_storage(path)).trials
+    assert stats.complete == 3 and sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed._trial_id == dead and failed.user_attrs["fail_reason"].startswith("stale")
+    _one_retry_each(trials, [failed.number])
+    assert len([t for t in trials if "failed_trial" not in t.system_attrs]) == 3  # the budget's slots
+
+
+def test_an_interrupted_trial_whose_requeue_is_cut_off_keeps_its_slot(tmp_path):
+    """Ctrl-C mid-trial, and the database drops between "fail the trial" and "queue its retry": the retried
+    re-queue finishes the job, and a re-run completes the budget of 3."""
+    storage = open_storage(f"sqlite:///{tmp_path}/w.db")
+    camp = _campaign("none", 3)
+    (name,) = create_studies(storage, camp)
+
+    def ctrl_c(config, report=None):
+        raise KeyboardInterrupt
+
+    fired = _fail_then_drop_the_connection(storage)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(storage, camp.name, worker_seed=0, train_fn=ctrl_c)
+    assert len(fired) == 1
+    stats = run_worker(open_storage(f"sqlite:///{tmp_path}/w.db"), camp.name, worker_seed=1, train_fn=fake_train)
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert stats.complete == 3 and sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed._trial_id == fired[0] and "interrupted" in failed.user_attrs["fail_reason"]
+    _one_retry_each(trials, [failed.number])
