@@ -3,6 +3,14 @@
 The MLP is sized so that cross-entropy on digits visibly memorises noisy labels within 100 epochs (the
 phenomenon DAL exists to fight); the ResNets are the CIFAR variant of the paper's protocol: a 3x3 stride-1
 stem and no max-pool, so 32x32 inputs keep their resolution into the first stage.
+
+A user's own network is `py:MODULE:FACTORY`: `factory(input_shape, num_classes) -> torch.nn.Module`, called
+with one sample's shape without the batch axis ((C, H, W) for images, (D,) for vectors) and returning logits
+of shape (batch, num_classes). The trainer treats it exactly as a built-in network (moved to the device,
+channels_last for images on CUDA, bf16 autocast on CUDA) and checks it with one forward pass of two training
+samples before the first step (`check_output`). A missing module or factory, a factory that raises or returns
+something other than a Module, and a wrong output shape each raise `ModelError`: one line, exit status 2 from
+the CLI; in a campaign the trial fails with that line as its reason.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from dal_search.objectives.config import ConfigError
+from dal_search.objectives.pyref import check_ref, import_ref
 from dal_search.objectives.registry import Registry
 
 # Every network, in the order lists show them: a factory `fn(input_shape, num_classes) -> nn.Module`, the
@@ -136,13 +146,61 @@ def _resnet34(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return CifarResNet((3, 4, 6, 3), input_shape, num_classes)
 
 
+class ModelError(ConfigError):
+    """A network cannot be built or gives the wrong output; the message is one line naming the fix."""
+
+
+def _check_py_model(arg: str) -> None:
+    check_ref(arg, "model", ModelError, "py:MODULE:FACTORY")
+
+
+@MODELS.register("py", prefix=True, form="py:MODULE:FACTORY", check=_check_py_model,
+                 help="your own network: factory(input_shape, num_classes) -> torch.nn.Module, importable from "
+                      "PYTHONPATH")
+def _py_model(arg: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    factory = import_ref(arg, "model", ModelError)
+    try:
+        model = factory(tuple(input_shape), num_classes)
+    except Exception as e:  # noqa: BLE001 - the user's factory failed: one line naming it, not our traceback
+        text = " ".join(str(e).split())[:160]
+        raise ModelError(f"model 'py:{arg}': the factory raised {type(e).__name__}" + (f": {text}" if text else "")
+                         + f" when called as factory({tuple(input_shape)}, {num_classes}); fix the factory") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model 'py:{arg}': the factory returned a {type(model).__name__}, not a torch.nn.Module; "
+                         f"return the network itself")
+    return model
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The network `name` (see MODELS) for inputs of `input_shape` (without the batch axis), `num_classes`
-    outputs. Raises ValueError (UnknownName) for a name no entry answers to."""
+    outputs. Raises ValueError (UnknownName) for a name no entry answers to, ModelError for a `py:` network
+    that cannot be built."""
     entry, arg = MODELS.resolve(name)
     if arg is None:
         return entry.obj(tuple(input_shape), num_classes)
     return entry.obj(arg, tuple(input_shape), num_classes)
 
 
-__all__ = ["MODELS", "build_model", "MLP", "SmallCNN", "CifarResNet"]
+@torch.no_grad()
+def check_output(model: nn.Module, sample: torch.Tensor, num_classes: int, name: str) -> None:
+    """One forward pass of `sample` (a small batch, on the model's device) in eval mode: the output must be a
+    float tensor of shape (batch, num_classes). Raises ModelError otherwise; changes no weights, no running
+    statistics and no random state (dropout is off in eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(sample)
+    except Exception as e:  # noqa: BLE001 - a network that cannot take the data's shape: say which shape
+        text = " ".join(str(e).split())[:160]
+        raise ModelError(f"model {name!r} fails on a batch of shape {tuple(sample.shape)} ({type(e).__name__}: "
+                         f"{text}); it must accept (batch, *input_shape) and return (batch, num_classes)") from None
+    finally:
+        model.train(was_training)
+    want = (len(sample), num_classes)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want or not out.is_floating_point():
+        got = (f"shape {tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}")
+        raise ModelError(f"model {name!r} returns {got} for a batch of {len(sample)}; it must return float logits "
+                         f"of shape (batch, num_classes) = {want}")
+
+
+__all__ = ["MODELS", "build_model", "check_output", "ModelError", "MLP", "SmallCNN", "CifarResNet"]

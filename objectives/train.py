@@ -10,6 +10,15 @@ is kept on the device. `noisy_fit` is the fraction of wrongly-labelled training 
 wrong label (memorised noise), `clean_fit` the fraction of correctly-labelled ones predicted correctly. These
 cost nothing extra, and lag the weights by at most one epoch.
 
+Partial labels (noise `partial`): the training and validation labels are candidate sets, an (N, K) boolean
+mask holding the true class and some false ones, and the test labels stay clean. The same definitions then
+read: a prediction fits its given labels when it falls in the candidate set, so `train_acc` and `val_acc` are
+covering accuracies (the prediction is in S); `noisy_fit` is the fraction of the training samples with at
+least one false candidate that the net predicts as a FALSE candidate (it settled on a wrong member of S), and
+`clean_fit` the fraction of the training samples (every one holds its true class) predicted as the true
+class, i.e. how often the net picks the true label out of S. For class labels these are exactly the
+definitions above. `test_acc` is plain accuracy on the clean test labels, as always.
+
 A non-finite loss ends the run early with `status="nonfinite"` and a reason, never an exception: a search
 worker records it as a failed trial and goes on. An exception raised by `report` (a pruner's TrialPruned, a
 Ctrl-C) propagates to the caller.
@@ -27,10 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from dal_search.objectives.config import TrainConfig
-from dal_search.objectives.data import load_dataset, split_train_val
+from dal_search.objectives.data import load_dataset, split_train_val, subset_indices
 from dal_search.objectives.losses import make_loss
-from dal_search.objectives.models import build_model
-from dal_search.objectives.noise import NOISE_KINDS, corrupt_labels, label_hash, realized_rate
+from dal_search.objectives.models import build_model, check_output
+from dal_search.objectives.noise import NOISE_KINDS, candidate_set_size, corrupt_labels, label_hash, realized_rate
 from dal_search.objectives.schedules import make_schedule
 
 Report = Callable[[int, dict[str, float]], None]
@@ -55,40 +64,50 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    # --- data and label noise: noise is drawn on the whole training pool (so a CIFAR-N label file lines
-    # up with it), then a stratified validation split is carved out; the test labels stay clean.
-    data = load_dataset(config.dataset, root=config.data_dir, download=config.download)
-    clean_pool = data.train_y.numpy()
-    noisy_pool = corrupt_labels(
-        clean_pool, kind=config.noise, rate=config.noise_rate, num_classes=data.num_classes,
-        seed=config.seed, features=data.train_x.reshape(len(clean_pool), -1).numpy()
-        if "features" in NOISE_KINDS[config.noise].get("needs", ()) else None,
-        dataset=config.dataset, path=config.noise_file,
-    )
-    train_idx, val_idx = split_train_val(noisy_pool, config.val_fraction, config.seed)
-    x_train = data.train_x[train_idx].to(device)
+    # --- data and label noise: a train_size subset of the training pool is taken first (the same images for
+    # every seed), the noise is drawn on that pool, then a stratified validation split is carved out. The test
+    # labels stay clean. A user's data may have no clean test labels (test metrics are then NaN) or unknown
+    # clean training labels (memorisation metrics NaN): see Dataset.clean_train_labels / clean_test_labels.
+    data = load_dataset(config.dataset, root=config.data_dir, download=config.download, image_size=config.image_size)
+    pool = subset_indices(data.train_y.numpy(), config.train_size)
+    x_pool = data.train_x if pool is None else data.train_x[pool]
+    noisy_pool = _noisy_labels(config, data, pool, x_pool)
+    clean = data.clean_train_labels(config.noise)
+    clean_pool = None if clean is None else clean.numpy() if pool is None else clean.numpy()[pool]
+    train_idx, val_idx = split_train_val(_strata(noisy_pool, clean_pool), config.val_fraction, config.seed)
+    x_train = x_pool[train_idx].to(device)
     y_train = torch.as_tensor(noisy_pool[train_idx], device=device)
-    is_noisy = torch.as_tensor(noisy_pool[train_idx] != clean_pool[train_idx], device=device)
-    y_train_clean = torch.as_tensor(clean_pool[train_idx], device=device)
-    x_val = data.train_x[val_idx].to(device)
+    is_noisy = holds_true = y_train_clean = None
+    if clean_pool is not None:
+        # wrongly labelled: a wrong label, or a candidate set with a false class; holds_true: the labels hold
+        # the true class (a right label; every candidate set)
+        holds_true, is_noisy = (torch.as_tensor(a, device=device)
+                                for a in _label_truth(noisy_pool[train_idx], clean_pool[train_idx]))
+        y_train_clean = torch.as_tensor(clean_pool[train_idx], device=device)
+    x_val = x_pool[val_idx].to(device)
     y_val = torch.as_tensor(noisy_pool[val_idx], device=device)
-    x_test = data.test_x.to(device)
-    y_test = data.test_y.to(device)
+    test_labels = data.clean_test_labels(config.noise)
+    x_test = (data.test_x if test_labels is not None else data.test_x[:0]).to(device)
+    y_test = None if test_labels is None else test_labels.to(device)
     if device.type == "cuda" and x_train.dim() == 4:
         x_train, x_val, x_test = (t.contiguous(memory_format=torch.channels_last) for t in (x_train, x_val, x_test))
     n_train = len(train_idx)
-    n_noisy = int(is_noisy.sum())
+    n_noisy = int(is_noisy.sum()) if is_noisy is not None else 0
+    n_holds_true = int(holds_true.sum()) if holds_true is not None else 0
 
     # --- network, optimiser, learning-rate schedule (the paper's: SGD + cosine annealing over the epochs)
-    model = build_model(config.resolved_model(data.input_shape), data.input_shape, data.num_classes).to(device)
+    model_name = config.resolved_model(data.input_shape)
+    model = build_model(model_name, data.input_shape, data.num_classes).to(device)
     if device.type == "cuda" and x_train.dim() == 4:
         model = model.to(memory_format=torch.channels_last)
+    check_output(model, x_train[:2], data.num_classes, model_name)  # a user's network: its output shape, now
     optimizer = torch.optim.SGD(model.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
 
-    # --- the loss and its per-epoch (q, lambda)
-    loss_fn = make_loss(config)
+    # --- the loss and its per-epoch (q, lambda); a loss with per-sample state (PRODEN's weights) keeps it over
+    # the training labels, on the device, and moves it on at each epoch's end
+    loss_fn = make_loss(config, labels=y_train)
     schedule = make_schedule(config.q_start, config.q_end, config.epochs, config.schedule)
     augment = config.resolved_augment() and x_train.dim() == 4
 
@@ -113,13 +132,14 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
                 xb = _crop_flip(xb)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(xb)
-            loss = loss_fn(logits, y_train[idx], q, lam)
+            loss = loss_fn(logits, y_train[idx], q, lam, idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * len(idx)
             preds[idx] = logits.detach().argmax(1)
         lr_schedule.step()
+        loss_fn.end_epoch()
 
         train_loss = float(loss_sum) / n_train  # the one host read of the training pass
         if not np.isfinite(train_loss):
@@ -127,12 +147,16 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
             reason = (f"loss became {train_loss} at epoch {epoch} "
                       f"(lr {config.resolved_lr()} may be too high for loss {config.loss!r})")
             break
-        fits_given = preds == y_train
+        fits_given = _covers(preds, y_train)  # the given label, or a member of the candidate set
         train_acc = float(fits_given.float().mean())
-        noisy_fit = float((fits_given & is_noisy).sum()) / n_noisy if n_noisy else 0.0
-        clean_fit = float(((preds == y_train_clean) & ~is_noisy).sum()) / max(1, n_train - n_noisy)
+        if is_noisy is not None:
+            fits_clean = preds == y_train_clean
+            noisy_fit = float((fits_given & ~fits_clean).sum()) / n_noisy if n_noisy else 0.0
+            clean_fit = float((fits_clean & holds_true).sum()) / max(1, n_holds_true)
+        else:  # which given labels are wrong is unknown: never invent it
+            noisy_fit = clean_fit = float("nan")
         val_acc = _accuracy(model, x_val, y_val, use_amp, device)
-        test_acc = _accuracy(model, x_test, y_test, use_amp, device)
+        test_acc = _accuracy(model, x_test, y_test, use_amp, device) if y_test is not None else float("nan")
         status_signal = train_acc
         metrics = {"epoch": epoch, "q": float(q), "lam": float(lam), "lr": lr_now, "train_loss": train_loss,
                    "train_acc": train_acc, "val_acc": val_acc, "test_acc": test_acc,
@@ -143,30 +167,52 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
             report(epoch, metrics)
 
     # --- the result
-    return _result(config, history, status, reason, noisy_pool, clean_pool, device, t_start)
+    facts = {"train_size": len(noisy_pool), "has_test_labels": y_test is not None,
+             "has_clean_labels": clean_pool is not None, "data_source": data.source}
+    return _result(config, history, status, reason, noisy_pool, clean_pool, device, t_start, facts)
 
 
-def _result(config, history, status, reason, noisy_pool, clean_pool, device, t_start) -> dict[str, Any]:
+def _noisy_labels(config: TrainConfig, data, pool, x_pool) -> np.ndarray:
+    """The pool's labels after the config's noise, drawn on the pool (`pool`: indices of a train_size subset,
+    None for all). A kind that is not random (labels read from a file) lines up with the whole training pool:
+    it is read whole, then subset."""
+    entry = NOISE_KINDS[config.noise]
+    if pool is not None and not entry.get("random", True):
+        return _noisy_labels(config, data, None, data.train_x)[pool]
+    given = data.train_y.numpy() if pool is None else data.train_y.numpy()[pool]
+    return corrupt_labels(
+        given, kind=config.noise, rate=config.noise_rate, num_classes=data.num_classes, seed=config.seed,
+        features=x_pool.reshape(len(given), -1).numpy() if "features" in entry.get("needs", ()) else None,
+        dataset=config.dataset, path=config.noise_file,
+    )
+
+
+def _result(config, history, status, reason, noisy_pool, clean_pool, device, t_start, facts) -> dict[str, Any]:
+    """The run's summary. Without clean test labels every test metric is NaN and best_epoch is -1; without
+    clean training labels noisy_fit, clean_fit and realized_rate are NaN (never estimated)."""
     test, val = history["test_acc"], history["val_acc"]
-    best_epoch = int(np.argmax(test)) if test else -1
+    has_test = bool(test) and not all(np.isnan(test))
+    best_epoch = int(np.argmax(test)) if has_test else -1
     best_val_epoch = int(np.argmax(val)) if val else -1
     last = lambda k: history[k][-1] if history[k] else float("nan")  # noqa: E731
     return {
         "status": status,
         "reason": reason,
         "test_acc": last("test_acc"),
-        "best_test_acc": test[best_epoch] if test else float("nan"),
+        "best_test_acc": test[best_epoch] if has_test else float("nan"),
         "best_epoch": best_epoch,
         "val_acc": last("val_acc"),
         "best_val_acc": val[best_val_epoch] if val else float("nan"),
         "test_acc_at_best_val": test[best_val_epoch] if val else float("nan"),
         "noisy_fit": last("noisy_fit"),
         "clean_fit": last("clean_fit"),
-        "realized_rate": realized_rate(clean_pool, noisy_pool),
+        "realized_rate": realized_rate(clean_pool, noisy_pool) if clean_pool is not None else float("nan"),
+        "candidate_set_size": candidate_set_size(noisy_pool),
         "label_hash": label_hash(noisy_pool),
         "wall_time": time.perf_counter() - t_start,
         "device": _device_name(device),
         "epochs_run": len(test),
+        **facts,
         "history": history,
         "config": config.to_dict(),
     }
@@ -179,8 +225,33 @@ def _accuracy(model, x, y, use_amp, device) -> float:
     for start in range(0, len(x), EVAL_BATCH):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = model(x[start:start + EVAL_BATCH])
-        correct += (logits.argmax(1) == y[start:start + EVAL_BATCH]).sum()
+        correct += _covers(logits.argmax(1), y[start:start + EVAL_BATCH]).sum()
     return float(correct) / max(1, len(x))
+
+
+def _covers(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sample: the prediction is the given label (N,), or falls in the candidate set ((N, K) mask)."""
+    if labels.dim() == 1:
+        return pred == labels
+    return labels.gather(1, pred.view(-1, 1)).squeeze(1)
+
+
+def _label_truth(given: np.ndarray, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(holds_true, holds_false) per sample: the given labels include the true class / a false one. A class
+    label holds exactly one of the two; a candidate set holds its true class and maybe false ones."""
+    if given.ndim == 1:
+        return given == clean, given != clean
+    holds_true = given[np.arange(len(clean)), clean]
+    return holds_true, given.sum(axis=1) > holds_true
+
+
+def _strata(noisy_pool: np.ndarray, clean_pool: np.ndarray | None) -> np.ndarray:
+    """What the validation split is stratified by: the given labels. Candidate sets name no one class, so
+    there the true class only balances the split (its samples still carry their candidate sets), or, when
+    the true classes are unknown, the lowest class of each set."""
+    if noisy_pool.ndim == 1:
+        return noisy_pool
+    return clean_pool if clean_pool is not None else noisy_pool.argmax(axis=1)
 
 
 def _crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
