@@ -334,7 +334,7 @@ def test_fashion_mnist_search_order_data_dir_then_the_system_folder(tmp_path, sy
     ("counts", "train: 30 images but 29 labels"),
     ("labels", "t10k-labels-idx1-ubyte: label 10 outside 0..9"),
     ("gzip", r"train-labels-idx1-ubyte.gz: (EOFError|BadGzipFile)"),
-])
+], ids=lambda v: v if " " not in v else "")
 def test_corrupt_idx_files_are_one_line_naming_the_file(tmp_path, system_dir, damage, detail):
     folder, written = system_dir
     images, labels = written["train"]
