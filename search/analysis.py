@@ -167,11 +167,15 @@ def _cond(s: optuna.Study) -> Cond:
 
 
 def _labeller(studies: Iterable[optuna.Study]):
-    """'symmetric 40 %', with the dataset in front when the studies span more than one dataset."""
+    """'symmetric 40 %' (a noise kind's registered title: 'partial labels 30 %'), with the dataset in front when
+    the studies span more than one dataset."""
+    from dal_search.objectives.noise import NOISE_KINDS
+
     several = len({s.user_attrs.get("dataset", "") for s in studies}) > 1
+    titles = NOISE_KINDS.titles()
 
     def label(c: Cond) -> str:
-        return (f"{c[0]} " if several else "") + f"{c[1]} {_rate_label(c[2])}"
+        return (f"{c[0]} " if several else "") + f"{titles.get(c[1], c[1])} {_rate_label(c[2])}"
     return label
 
 
