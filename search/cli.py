@@ -63,6 +63,10 @@ _FLAG_HELP = {
     "batch_size": "minibatch size",
     "seed": "seed of the noise draw, the split, the initialisation and the batch order",
     "device": "auto (CUDA when visible), cpu or cuda",
+    "train_size": "train on a stratified subset of this many images of the training pool, the same images for "
+                  "every seed (default: None, all)",
+    "image_size": "resize the images of a folder:PATH dataset to this many pixels per side (default: None, "
+                  "they must all have one size)",
 }
 
 
