@@ -51,6 +51,10 @@ class TrainConfig:
     q_start: float = 0.6  # DAL
     q_end: float = 1.5
     schedule: str = "linear"
+    # schedule "explicit" only: q(i) and lambda(i) for every epoch i = 0..E-1 (e.g. a schedule learned by PBT);
+    # q_start and q_end are then unused
+    q_schedule: list[float] | None = None
+    lam_schedule: list[float] | None = None
     bootstrap: str = "soft"
     bootstrap_scale: float = 1.0  # multiplies lambda(i); 1.0 is the paper
     # optimisation (the paper's protocol, scaled to the dataset by `epochs`)
@@ -137,6 +141,11 @@ def _coerce(name: str, value: Any) -> Any:
             if not isinstance(value, str):
                 raise TypeError
             return value
+        if kind.startswith("list[float]"):  # a YAML/JSON list, or a CLI string "0.6,0.7,0.8"
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)) or any(isinstance(v, bool) for v in items):
+                raise TypeError
+            return [float(v) for v in items]
     except (TypeError, ValueError):
         raise ConfigError(f"config field {name!r} = {value!r} is not a valid {kind.split(' ')[0]}") from None
     return value
@@ -191,6 +200,7 @@ def validate(c: TrainConfig) -> None:
         takes = [e.name for e in registries["loss"] if e.get("candidate_sets")]
         raise ConfigError(f"loss {c.loss!r} cannot learn from the candidate sets of noise {c.noise!r}; choose a loss "
                           f"that takes them: {', '.join(takes)}")
+    _check_explicit_schedule(c)
     if c.q <= 0:
         raise ConfigError(f"q must be > 0 (GCE's exponent), got {c.q}")
     if c.q_start <= 0:
@@ -217,6 +227,30 @@ def validate(c: TrainConfig) -> None:
                               f"got {c.image_size}")
         if not _dataset_entry(c.dataset).get("resizes", False):
             raise ConfigError(f"image_size applies to folder: datasets only; remove it for dataset {c.dataset!r}")
+
+
+def _check_explicit_schedule(c: TrainConfig) -> None:
+    """schedule 'explicit' needs q_schedule and lam_schedule, one value per epoch (q finite > 0, lambda finite
+    >= 0); any other shape must have neither."""
+    lists = {"q_schedule": c.q_schedule, "lam_schedule": c.lam_schedule}
+    if c.schedule != "explicit":
+        given = [k for k, v in lists.items() if v is not None]
+        if given:
+            raise ConfigError(f"{given[0]} applies to schedule 'explicit' only; remove it or set schedule: explicit")
+        return
+    for name, values in lists.items():
+        if values is None:
+            raise ConfigError(f"schedule 'explicit' needs {name}: a list of {c.epochs} values, one per epoch")
+        if not isinstance(values, (list, tuple)) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                              for v in values):
+            raise ConfigError(f"{name} must be a list of numbers, one per epoch")
+        if len(values) != c.epochs:
+            raise ConfigError(f"{name} has {len(values)} values but epochs is {c.epochs}; give one value per epoch")
+        low = 0.0 if name == "lam_schedule" else None
+        for i, v in enumerate(values):
+            if not math.isfinite(v) or (v < 0 if low is not None else v <= 0):
+                need = "a finite number >= 0" if low is not None else "a finite number > 0"
+                raise ConfigError(f"{name}[{i}] = {v} must be {need}")
 
 
 def config_fields() -> list[dataclasses.Field]:

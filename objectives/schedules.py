@@ -64,6 +64,8 @@ from dal_search.objectives.registry import Registry
 # Every schedule shape, in the order lists show them. A static shape registers a factory `(**options) ->
 # Progress` (its f, and f^-1 or the plateaus at which q jumps); a shape that needs the learning status
 # registers its class with `needs_status=True`. `searchable=False` keeps a shape out of default search spaces.
+# A shape whose object changes as the epochs go (adaptive) gives `state_dict()` / `load_state_dict(state)`, so
+# that a checkpoint (objectives/checkpoint.py) resumes it where it was.
 SCHEDULES = Registry("schedule")
 
 
@@ -81,7 +83,7 @@ def options(shape: str) -> tuple[str, ...]:
     """The keyword options `shape` takes (exponential: k; step: steps; adaptive: target, min_pace)."""
     entry = SCHEDULES[shape]
     params = inspect.signature(entry.obj).parameters
-    skip = ("self", "q_start", "q_end", "epochs") if entry.get("needs_status") else ()
+    skip = ("self", "q_start", "q_end", "epochs") if inspect.isclass(entry.obj) else ()
     return tuple(n for n in params if n not in skip)
 
 
@@ -236,9 +238,68 @@ class AdaptiveSchedule:
         c = (1 - self.q_start) / (self.q_end - self.q_start)
         return q, max(0.0, (p - c) / (1 - c))
 
+    def state_dict(self) -> dict[str, float | None]:
+        """What a checkpoint keeps to resume it (objectives/checkpoint.py): the first status and the progress."""
+        return {"s0": self.s0, "progress": self.progress}
+
+    def load_state_dict(self, state: dict[str, float | None]) -> None:
+        self.s0, self.progress = state["s0"], float(state["progress"])
+
     def preview(self) -> list[tuple[float, float]]:
         """The (q, lambda) of its pace floor alone (a status that never rises): the slowest it can go."""
         return [self.at(min(1.0, self.min_pace * i / self.epochs)) for i in range(self.epochs)]
+
+
+@SCHEDULES.register("explicit", help="q(i) and lambda(i) given per epoch (q_schedule, lam_schedule), e.g. a schedule "
+                    "learned by Population Based Training", searchable=False)
+class ExplicitSchedule:
+    """(q, lambda) read from two lists, one value per epoch: a schedule of any shape, such as the one a PBT
+    population learned (search/tune.py). Stateless, so it ignores the learning status.
+
+    With neither list given it is the paper's linear rule between q_start and q_end (so, like every shape, it
+    is a function of q_s, q_e and E); a TrainConfig with schedule explicit must give both lists. Raises
+    ValueError for one list without the other, a list whose length is not `epochs`, a q that is not finite > 0
+    or a lambda that is not finite >= 0.
+
+    >>> ExplicitSchedule(0.6, 1.5, 3, q_schedule=[0.6, 1.2, 0.9], lam_schedule=[0.0, 0.5, 0.2])(1)
+    (1.2, 0.5)
+    """
+
+    needs_status = False
+
+    def __init__(self, q_start: float, q_end: float, epochs: int, q_schedule: list[float] | None = None,
+                 lam_schedule: list[float] | None = None):
+        _check(q_start, q_end, epochs, "explicit", {})
+        if (q_schedule is None) != (lam_schedule is None):
+            raise ValueError("the explicit schedule needs both q_schedule and lam_schedule (or neither: linear)")
+        if q_schedule is None:
+            pairs = [StaticSchedule(q_start, q_end, epochs)(i) for i in range(epochs)]
+            q_schedule, lam_schedule = [q for q, _ in pairs], [lam for _, lam in pairs]
+        for name, values, ok in (("q_schedule", q_schedule, lambda v: math.isfinite(v) and v > 0),
+                                 ("lam_schedule", lam_schedule, lambda v: math.isfinite(v) and v >= 0)):
+            if len(values) != epochs:
+                raise ValueError(f"{name} has {len(values)} values for {epochs} epochs; give one per epoch")
+            bad = next((i for i, v in enumerate(values) if not ok(float(v))), None)
+            if bad is not None:
+                raise ValueError(f"{name}[{bad}] = {values[bad]} is not a valid "
+                                 f"{'q (finite > 0)' if name == 'q_schedule' else 'lambda (finite >= 0)'}")
+        self.epochs = epochs
+        self.q_schedule = [float(v) for v in q_schedule]
+        self.lam_schedule = [float(v) for v in lam_schedule]
+
+    def __call__(self, epoch: int, status: float | None = None) -> tuple[float, float]:
+        _check_epoch(epoch, self.epochs)
+        return self.q_schedule[epoch], self.lam_schedule[epoch]
+
+    def preview(self) -> list[tuple[float, float]]:
+        return list(zip(self.q_schedule, self.lam_schedule))
+
+
+def schedule_options(config) -> dict:
+    """The options of `config.schedule` that a TrainConfig carries as fields of the same name (explicit:
+    q_schedule and lam_schedule), for make_schedule."""
+    return {name: getattr(config, name) for name in options(config.schedule)
+            if getattr(config, name, None) is not None}
 
 
 def make_schedule(q_start: float, q_end: float, epochs: int, shape: str = "linear", **kw: float):
@@ -269,5 +330,5 @@ def dal_schedule(q_start: float, q_end: float, epochs: int, shape: str = "linear
     return [sched(i) for i in range(epochs)]
 
 
-__all__ = ["SCHEDULES", "Progress", "options", "dal_schedule", "make_schedule", "StaticSchedule",
-           "AdaptiveSchedule"]
+__all__ = ["SCHEDULES", "Progress", "options", "dal_schedule", "make_schedule", "schedule_options",
+           "StaticSchedule", "AdaptiveSchedule", "ExplicitSchedule"]

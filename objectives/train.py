@@ -22,6 +22,9 @@ definitions above. `test_acc` is plain accuracy on the clean test labels, as alw
 A non-finite loss ends the run early with `status="nonfinite"` and a reason, never an exception: a search
 worker records it as a failed trial and goes on. An exception raised by `report` (a pruner's TrialPruned, a
 Ctrl-C) propagates to the caller.
+
+A `checkpoint` (objectives/checkpoint.py) saves the run's whole state at epoch boundaries and resumes it from
+a saved one: a resumed run gives the history of a run that never stopped.
 """
 
 from __future__ import annotations
@@ -35,18 +38,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dal_search.objectives.checkpoint import Checkpointer, RunState
 from dal_search.objectives.config import TrainConfig
 from dal_search.objectives.data import load_dataset, split_train_val, subset_indices
 from dal_search.objectives.losses import make_loss
 from dal_search.objectives.models import build_model, check_output
 from dal_search.objectives.noise import NOISE_KINDS, candidate_set_size, corrupt_labels, label_hash, realized_rate
-from dal_search.objectives.schedules import make_schedule
+from dal_search.objectives.schedules import make_schedule, schedule_options
 
 Report = Callable[[int, dict[str, float]], None]
 EVAL_BATCH = 2048
 
 
-def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
+def train(config: TrainConfig, report: Report | None = None, checkpoint: Checkpointer | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
@@ -108,17 +112,21 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     # --- the loss and its per-epoch (q, lambda); a loss with per-sample state (PRODEN's weights) keeps it over
     # the training labels, on the device, and moves it on at each epoch's end
     loss_fn = make_loss(config, labels=y_train)
-    schedule = make_schedule(config.q_start, config.q_end, config.epochs, config.schedule)
+    schedule = make_schedule(config.q_start, config.q_end, config.epochs, config.schedule, **schedule_options(config))
     augment = config.resolved_augment() and x_train.dim() == 4
 
     history: dict[str, list[float]] = {k: [] for k in (
         "epoch", "q", "lam", "lr", "train_loss", "train_acc", "val_acc", "test_acc", "noisy_fit", "clean_fit")}
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    status_signal: float | None = None
+    # --- resume: a checkpoint holds every state the later epochs depend on (objectives/checkpoint.py), so a run
+    # resumed after epoch k trains epochs k+1.. exactly as one that never stopped
+    run_state = RunState(model, optimizer, lr_schedule, loss_fn.state, schedule, generator, history)
+    start = checkpoint.resume(config, run_state) if checkpoint is not None else 0
+    status_signal = history["train_acc"][-1] if history["train_acc"] else None  # the previous epoch's
     status, reason = "ok", ""
 
     # --- the epochs
-    for epoch in range(config.epochs):
+    for epoch in range(start, config.epochs):
         q, lam = schedule(epoch, status_signal)
         lr_now = optimizer.param_groups[0]["lr"]
         model.train()
@@ -163,6 +171,8 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
                    "noisy_fit": noisy_fit, "clean_fit": clean_fit}
         for k, v in metrics.items():
             history[k].append(v)
+        if checkpoint is not None:  # before the report, which may stop the run (a pruner, a pause)
+            checkpoint.epoch_done(epoch, config, run_state)
         if report is not None:
             report(epoch, metrics)
 
