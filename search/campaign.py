@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,21 +120,83 @@ def builtin_campaigns() -> list[str]:
     return sorted(p.stem for p in BUILTIN.glob("*.yaml"))
 
 
+MAX_CAMPAIGN_BYTES = 1_000_000  # a campaign is a page of YAML; more is a mistake or an attack
+MAX_CAMPAIGN_VALUES = 100_000  # values once YAML aliases are expanded (a "billion laughs" file stops here)
+MAX_TRIALS = 100_000  # per study: every sampler call re-reads a study's trials, so more would never finish
+MAX_SEEDS = 1_000
+
+
 def load_campaign(path: str | Path) -> Campaign:
-    """A campaign from a YAML file, or a built-in one by name (`quick`, `paper`, ...)."""
+    """A campaign from a YAML file, or a built-in one by name (`quick`, `paper`, ...).
+
+    Refused with one line: a folder or anything but a regular file, a file over 1 MB, one that is not UTF-8
+    text, invalid or too deeply nested YAML, and YAML whose aliases expand past MAX_CAMPAIGN_VALUES values."""
     p = Path(path)
     if not p.exists() and (BUILTIN / f"{path}.yaml").exists():
         p = BUILTIN / f"{path}.yaml"
     if not p.exists():
         raise CampaignError(f"campaign file {p} not found; give a YAML file or a built-in campaign: "
                             f"{', '.join(builtin_campaigns())}")
+    if p.is_dir():
+        raise CampaignError(f"campaign {p} is a folder; give a campaign YAML file (e.g. {p / 'campaign.yaml'})")
+    if not p.is_file():
+        raise CampaignError(f"campaign {p} is not a regular file; give a campaign YAML file")
     try:
-        spec = yaml.safe_load(p.read_text())
+        with open(p, "rb") as fh:
+            raw = fh.read(MAX_CAMPAIGN_BYTES + 1)
+    except OSError as e:
+        raise CampaignError(f"cannot read the campaign file {p}: {e.strerror or e}") from None
+    if len(raw) > MAX_CAMPAIGN_BYTES:
+        raise CampaignError(f"campaign file {p} is over {MAX_CAMPAIGN_BYTES // 1_000_000} MB; a campaign is a "
+                            f"short YAML file (see search/campaigns/quick.yaml)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CampaignError(f"campaign file {p} is not a text (UTF-8) file; give a campaign YAML file") from None
+    try:
+        spec = yaml.safe_load(text)
+        _check_expanded_size(spec, p)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise CampaignError(f"campaign file {p} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except RecursionError:
+        raise CampaignError(f"campaign file {p} nests lists or mappings too deeply; a campaign needs a few "
+                            f"levels only") from None
     return parse_campaign(spec, source=str(p))
+
+
+def _check_expanded_size(doc: Any, source: Path) -> None:
+    """Refuse a document that holds more than MAX_CAMPAIGN_VALUES values once its aliases are expanded, or
+    that refers to itself through one. PyYAML builds an aliased value once and shares it, so loading is
+    cheap; everything that walks the spec afterwards (validation, the copy stored with each study) would
+    walk every expansion. Sizes are memoised per shared object: linear in the file, whatever it expands to."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(x: Any) -> int:
+        if not isinstance(x, (dict, list)):
+            return 1
+        key = id(x)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise CampaignError(f"campaign file {source} refers to itself through a YAML alias; write the "
+                                f"values out instead")
+        open_.add(key)
+        items = list(x.keys()) + list(x.values()) if isinstance(x, dict) else x
+        n = 1
+        for item in items:
+            n += size(item)
+            if n > MAX_CAMPAIGN_VALUES:
+                break
+        open_.discard(key)
+        sizes[key] = n
+        return n
+
+    if size(doc) > MAX_CAMPAIGN_VALUES:
+        raise CampaignError(f"campaign file {source} expands to more than {MAX_CAMPAIGN_VALUES:,} values through "
+                            f"its YAML aliases (&name / *name); a campaign is a short file: write it out plainly")
 
 
 def parse_campaign(spec: Any, source: str = "campaign") -> Campaign:
@@ -172,8 +235,13 @@ def parse_campaign(spec: Any, source: str = "campaign") -> Campaign:
     trials = budget.get("trials")
     if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
         raise CampaignError(f"{source}: budget.trials must be a positive integer, got {trials!r}")
+    if trials is not None and trials > MAX_TRIALS:
+        raise CampaignError(f"{source}: budget.trials is {trials:,}; at most {MAX_TRIALS:,} trials per study "
+                            f"(split the search into several campaigns, or narrow its space)")
     seeds = budget.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if not 1 <= seeds <= MAX_SEEDS:
+            raise CampaignError(f"{source}: budget.seeds as a count must be 1 to {MAX_SEEDS:,}, got {seeds:,}")
         seeds = list(range(seeds))
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise CampaignError(f"{source}: budget.seeds must be a list of integers or a count, got {seeds!r}")
@@ -212,10 +280,31 @@ def parse_campaign(spec: Any, source: str = "campaign") -> Campaign:
         try:
             validate_space(camp.arms[c.arm], f"{source}: arms.{c.arm}", base)
             if sampler == "grid":
+                _check_grid(camp.arms[c.arm], f"{source}: arms.{c.arm}")
                 grid_size(camp.arms[c.arm])
         except SpaceError as e:
             raise CampaignError(str(e)) from None
     return camp
+
+
+def _check_grid(space: dict[str, Any], where: str) -> None:
+    """A grid's size from its spec alone (building it would be the bomb): every step positive, and at most
+    MAX_TRIALS points, since each point is one trial."""
+    points = 1
+    for name, spec in space.items():
+        if isinstance(spec, list):
+            points *= len(spec)
+        elif isinstance(spec, dict) and "step" in spec:
+            try:
+                low, high, step = float(spec["low"]), float(spec["high"]), float(spec["step"])
+            except (TypeError, ValueError):
+                raise CampaignError(f"{where}: {name!r} step must be a number") from None
+            if not step > 0 or not math.isfinite(step):
+                raise CampaignError(f"{where}: {name!r} step must be a positive number, got {spec['step']!r}")
+            points *= int(math.floor((high - low) / step + 1e-9)) + 1
+        if points > MAX_TRIALS:
+            raise CampaignError(f"{where}: the grid has more than {MAX_TRIALS:,} points (one trial each); "
+                                f"use larger steps or fewer choices")
 
 
 def _as_list(value: Any, name: str, source: str) -> list[Any]:

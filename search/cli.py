@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any, Callable
 
-DEFAULT_STORAGE = "sqlite:///runs/dal-search.db"
-
-
-class UserError(Exception):
-    """An error the user can fix; printed as one line."""
+from dal_search.search._cli_common import UserError, check_port, check_writable
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -33,10 +28,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         except (ImportError, AttributeError):
             pass
     return tuple(kinds)
-
-
-def _default_storage() -> str:
-    return os.environ.get("DAL_SEARCH_STORAGE", DEFAULT_STORAGE)
 
 
 # ---------------------------------------------------------------- train
@@ -141,6 +132,8 @@ def _config_from_args(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
+    if args.json:
+        check_writable(args.json, "--json output")  # before training, not after it
     if args.seeds:
         return _train_seeds(config, args)
     from dal_search.objectives.train import train
@@ -240,15 +233,25 @@ def _extra_commands() -> list[Callable[[Any], None]]:
     return commands.REGISTER
 
 
+def _storage_unavailable() -> type[BaseException]:
+    from dal_search.search.worker import StorageUnavailable  # imported only once something went wrong
+
+    return StorageUnavailable
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_port(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("dal-search: interrupted; the storage is consistent (running trials were re-queued)",
               file=sys.stderr)
         return 130
+    except _storage_unavailable() as e:  # from a pool actor it arrives wrapped by Ray, its cause inside
+        print(f"dal-search: error: {getattr(e, 'cause', None) or e}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL: try again later
     except _user_errors() as e:
         print(f"dal-search: error: {e}", file=sys.stderr)
         return 2

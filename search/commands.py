@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from typing import Any
 
-from dal_search.search.cli import UserError, _default_storage
-
-
-def _storage_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", default=None, metavar="URL",
-                   help="sqlite:///runs/x.db, postgresql+psycopg://user:pw@host/db, journal:./runs/x.log, "
-                        "redis://host:6379/0 or grpc://host:13000 "
-                        "(default: $DAL_SEARCH_STORAGE or sqlite:///runs/dal-search.db)")
-
-
-def _open(args: argparse.Namespace):
-    """The storage of --storage. Heartbeat settings come from the environment so that every process of a
-    pool (driver, workers, dashboard) agrees: DAL_SEARCH_HEARTBEAT (seconds, default 60) and
-    DAL_SEARCH_GRACE (seconds without a beat before a trial is stale, default 2 x heartbeat)."""
-    from dal_search.storage import open_storage
-
-    interval = int(os.environ.get("DAL_SEARCH_HEARTBEAT", "60"))
-    grace = int(os.environ.get("DAL_SEARCH_GRACE", str(2 * interval)))
-    return open_storage(args.storage or _default_storage(), heartbeat_interval=interval, grace_period=grace)
+from dal_search.search._cli_common import UserError, check_writable, check_writable_dir
+from dal_search.search._cli_common import default_storage as _default_storage
+from dal_search.search._cli_common import open_from_args as _open
+from dal_search.search._cli_common import storage_arg as _storage_arg
 
 
 # ------------------------------------------------------------------ run
@@ -221,6 +205,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from dal_search.search.analysis import NotEnoughTrials
     from dal_search.search.report import figures, push_to_dashboard, write_report
 
+    check_writable(args.out, "report file")  # before drawing, not after it
+    if args.png_dir:
+        check_writable_dir(args.png_dir, "--png-dir")
     storage = _open(args)
     try:
         figs = figures(storage, args.campaign)

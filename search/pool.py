@@ -36,7 +36,8 @@ def _actor_class():
         def __init__(self) -> None:
             self._stop = threading.Event()
 
-        def run(self, storage_url: str, campaign: str | None, seed: int, threads: int) -> dict[str, Any]:
+        def run(self, storage_url: str, campaign: str | None, seed: int, threads: int,
+                heartbeat: tuple[int, int]) -> dict[str, Any]:
             import torch
 
             from dal_search.search.worker import retrying, run_worker
@@ -44,11 +45,15 @@ def _actor_class():
 
             torch.set_num_threads(max(1, threads))
             # The driver has opened this URL already: an error here is the database restarting under a
-            # (re)started actor, so it is waited out like any other outage.
-            storage = retrying(open_storage, storage_url, retry_on=(StorageError,))
+            # (re)started actor, so it is waited out like any other outage. The heartbeat settings are the
+            # driver's: an actor on another node does not see the driver's environment.
+            interval, grace = heartbeat
+            storage = retrying(open_storage, storage_url, heartbeat_interval=interval, grace_period=grace,
+                               retry_on=(StorageError,))
             stats = run_worker(storage, campaign, worker_seed=seed, should_stop=self._stop.is_set)
             return {"pid": os.getpid(), "complete": stats.complete, "pruned": stats.pruned,
-                    "failed": stats.failed, "stopped": self._stop.is_set()}
+                    "failed": stats.failed, "stopped": self._stop.is_set(),
+                    "heartbeat": [storage.get_heartbeat_interval(), grace]}
 
         def stop(self) -> None:
             self._stop.set()
@@ -68,8 +73,10 @@ def run_pool(storage_url: str, campaign: str | None, *, workers: int = 2, num_gp
     from dal_search.search.campaign import campaign_study_names
     from dal_search.search.campaign import progress as count
     from dal_search.storage import open_storage
+    from dal_search.storage._url import heartbeat_settings
 
-    storage = open_storage(storage_url)
+    heartbeat = heartbeat_settings()  # DAL_SEARCH_HEARTBEAT / _GRACE, handed to every actor
+    storage = open_storage(storage_url, heartbeat_interval=heartbeat[0], grace_period=heartbeat[1])
     names = campaign_study_names(storage, campaign)
     owns_ray = not ray.is_initialized()
     secured = contextlib.ExitStack()
@@ -91,7 +98,8 @@ def run_pool(storage_url: str, campaign: str | None, *, workers: int = 2, num_gp
     try:
         Worker = _actor_class().options(num_cpus=num_cpus, num_gpus=num_gpus)
         actors = [Worker.remote() for _ in range(workers)]
-        runs = [a.run.remote(storage_url, campaign, seed + i, int(max(1, num_cpus))) for i, a in enumerate(actors)]
+        runs = [a.run.remote(storage_url, campaign, seed + i, int(max(1, num_cpus)), heartbeat)
+                for i, a in enumerate(actors)]
         if progress:
             from tqdm import tqdm
 
@@ -171,7 +179,8 @@ def _project_root() -> str:
 
 
 def cmd_pool(args) -> int:
-    from dal_search.search.cli import UserError, _default_storage
+    from dal_search.search._cli_common import UserError
+    from dal_search.search._cli_common import default_storage as _default_storage
 
     url = args.storage or _default_storage()
     campaign = args.campaign
@@ -190,12 +199,14 @@ def cmd_pool(args) -> int:
     results = run_pool(url, campaign, workers=args.workers, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
                        address=args.address, seed=args.seed, progress=not args.quiet)
     done = sum(r["complete"] + r["pruned"] + r["failed"] for r in results)
-    print(f"pool done: {done} trials by {len(results)} workers in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    beats = sorted({tuple(r["heartbeat"]) for r in results})  # what the actors ran with: one setting, normally
+    print(f"pool done: {done} trials by {len(results)} workers in {time.perf_counter() - t0:.1f} s "
+          f"(heartbeat {', '.join(f'{i} s, grace {g} s' for i, g in beats)})", file=sys.stderr)
     return 0
 
 
 def register(sub) -> None:
-    from dal_search.search.commands import _storage_arg
+    from dal_search.search._cli_common import storage_arg as _storage_arg
 
     p = sub.add_parser("pool", help="run a campaign's trials on a Ray cluster (one actor per worker slot)",
                        description="Run the trials of a campaign on Ray actors that each request --num-gpus "

@@ -20,6 +20,7 @@ def test_two_actor_pool_finishes_the_budget_exactly(pg_url, campaign_file):
     path = campaign_file(name="pool2", trials=6, epochs=3)
     proc = cli("pool", path, "--storage", pg_url, "--workers", "2", "--num-cpus", "1", "--quiet", env=ENV)
     assert "pool done: 6 trials by 2 workers" in proc.stderr
+    assert "(heartbeat 1 s, grace 4 s)" in proc.stderr  # the actors run with the pool's DAL_SEARCH_* settings
     (trials,) = trials_of(pg_url, "pool2").values()
     assert sorted(t.number for t in trials) == list(range(6))
     assert all(t.state == TrialState.COMPLETE for t in trials)
@@ -27,7 +28,7 @@ def test_two_actor_pool_finishes_the_budget_exactly(pg_url, campaign_file):
 
 
 def test_sigkill_of_an_actor_process_mid_trial(pg_url, campaign_file):
-    path = campaign_file(name="poolkill", trials=4, epochs=40)
+    path = campaign_file(name="poolkill", trials=4, epochs=20)
     driver = spawn("pool", path, "--storage", pg_url, "--workers", "2", "--quiet", env=ENV)
     try:
         running = _wait_for_running(pg_url, "poolkill")
@@ -37,6 +38,7 @@ def test_sigkill_of_an_actor_process_mid_trial(pg_url, campaign_file):
             running = next(t for t in next(iter(trials_of(pg_url, "poolkill").values())) if t.number == running.number)
         pid = int(running.user_attrs["worker"].rsplit(":", 1)[1])
         os.kill(pid, signal.SIGKILL)
+        killed_at = time.time()
         assert driver.wait(timeout=300) == 0, driver.stderr.read()[-3000:]
     finally:
         if driver.poll() is None:
@@ -46,6 +48,8 @@ def test_sigkill_of_an_actor_process_mid_trial(pg_url, campaign_file):
     assert killed.state == TrialState.FAIL
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == killed.params
+    # re-queued after the pool's grace period (4 s), not Optuna's default (120 s): the actors use DAL_SEARCH_GRACE
+    assert retry[0].datetime_start.timestamp() - killed_at < 60
     completes = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(completes) == 4 and len({t.number for t in completes}) == 4
 
