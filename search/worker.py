@@ -7,6 +7,9 @@ A trial that cannot finish (non-finite loss, a config the trainer rejects) ends 
 user_attrs and the worker goes on. Ctrl-C / SIGTERM mid-trial marks the trial FAILED and re-queues its params
 as a retry slot, so the study stays consistent and its budget intact.
 
+Each seed of a running trial is checkpointed as it trains (search/checkpoints.py: where, how often, cleanup);
+the retry of a trial whose worker died or was interrupted resumes from the last saved epoch, not epoch 0.
+
 Storage outages are waited out for DAL_SEARCH_STORAGE_PATIENCE seconds (default 300) per call; after that
 the worker stops with `StorageUnavailable` (one line from the CLI, exit status 75), its running trial left
 RUNNING so that it goes stale and is re-queued once the storage is back.
@@ -194,13 +197,15 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | Non
             retrying(trial.set_user_attr, "fail_reason", f"pruned at epoch {epoch}: {per_epoch_metric} {m[per_epoch_metric]:.4f}")
             raise optuna.TrialPruned(f"epoch {epoch}")
 
+    # Each seed saves checkpoints as it trains; a retry of a trial whose worker died resumes from them
+    # (search/checkpoints.py). A stand-in trainer that takes no `checkpoint` trains without.
+    saved = _trial_checkpoints(study, trial, train_fn)
     per_seed, first = [], None
     t0 = time.perf_counter()
     for k, cfg in enumerate(configs):
-        result = train_fn(cfg, report if k == 0 else _stop_check(should_stop))
-        row = {"seed": cfg.seed, "status": result["status"], "realized_rate": result["realized_rate"],
-               "label_hash": result["label_hash"], "wall_time": result["wall_time"],
-               **{key: result[key] for key in SUMMARY_KEYS}}
+        ckpt = {"checkpoint": saved.for_seed(cfg.seed)} if saved is not None else {}
+        result = train_fn(cfg, report if k == 0 else _stop_check(should_stop), **ckpt)
+        row = seed_row(cfg, result, ckpt.get("checkpoint"))
         per_seed.append(row)
         if first is None:
             first = result
@@ -209,17 +214,48 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train_fn: Callable | Non
                      {"per_seed": per_seed, "fail_reason": f"seed {cfg.seed}: {result['reason']}"}, pending)
             raise TrialFailed(result["reason"])
     assert first is not None
+    if not prunes:  # the checkpoint values of epochs a resumed first seed did not train again
+        for epoch in {*range(every - 1, configs[0].epochs, every), configs[0].epochs - 1}:
+            pending.setdefault(epoch, first["history"][per_epoch_metric][epoch])
+    attrs_out = trial_attrs(configs, per_seed, first, time.perf_counter() - t0)
+    retrying(write_trial_results, study._storage, trial._trial_id, attrs_out, pending)
+    return attrs_out[metric]
+
+
+def seed_row(cfg: TrainConfig, result: dict[str, Any], checkpoint=None) -> dict[str, Any]:
+    """A trial's per_seed row for one trained seed; `resumed_at_epoch` is the first epoch this run trained
+    (0 unless it resumed from a checkpoint)."""
+    return {"seed": cfg.seed, "status": result["status"], "realized_rate": result["realized_rate"],
+            "label_hash": result["label_hash"], "wall_time": result["wall_time"],
+            "resumed_at_epoch": checkpoint.resumed_at if checkpoint is not None else 0,
+            **{key: result[key] for key in SUMMARY_KEYS}}
+
+
+def trial_attrs(configs: list[TrainConfig], per_seed: list[dict[str, Any]], first: dict[str, Any],
+                wall_time: float) -> dict[str, Any]:
+    """A completed trial's user attrs (docs/CONTRACTS.md): its config, per-seed rows, their means and spreads,
+    and the first seed's history."""
     attrs_out: dict[str, Any] = {
         "train_config": configs[0].to_dict(), "seeds": [c.seed for c in configs], "per_seed": per_seed,
         "realized_rate": first["realized_rate"], "label_hash": first["label_hash"], "device": first["device"],
-        "wall_time": time.perf_counter() - t0, "history": first["history"],
+        "wall_time": wall_time, "history": first["history"],
     }
     for key in SUMMARY_KEYS:
         values = [r[key] for r in per_seed]
         attrs_out[key] = statistics.fmean(values)
         attrs_out[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
-    retrying(write_trial_results, study._storage, trial._trial_id, attrs_out, pending)
-    return attrs_out[metric]
+    return attrs_out
+
+
+def _trial_checkpoints(study: optuna.Study, trial: optuna.Trial, train_fn: Callable):
+    """The trial's checkpoints (search/checkpoints.py), or None when they are off or `train_fn` takes none."""
+    import inspect
+
+    from dal_search.search import checkpoints
+
+    if "checkpoint" not in inspect.signature(train_fn).parameters:
+        return None
+    return retrying(checkpoints.for_trial, study, trial)
 
 
 def _stop_check(should_stop: Callable[[], bool] | None):
@@ -270,7 +306,10 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
     """
     from dal_search.search.campaign import campaign_study_names
 
+    from dal_search.search.checkpoints import checkpoint_every
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    checkpoint_every()  # a bad DAL_SEARCH_CHECKPOINT_SECONDS is one line now, not a failed trial later
     names = retrying(campaign_study_names, storage, campaign)  # a worker may start while the database restarts
     if not names:
         from dal_search.search.campaign import CampaignError
@@ -332,7 +371,7 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
 def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
               should_stop: Callable[[], bool] | None = None) -> optuna.trial.FrozenTrial:
     study._thread_local.cached_all_trials = None  # let the sampler see the newest trials
-    state, value = TrialState.FAIL, None
+    state, value, finished_elsewhere = TrialState.FAIL, None, False
     with Heartbeat(trial_id, study._storage):  # beats before anything else: from here on it can go stale
         retrying(study._storage.set_trial_user_attr, trial_id, "worker", WORKER_ID)
         trial = retrying(optuna.Trial, study, trial_id)
@@ -348,6 +387,7 @@ def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
             # outage) and re-queued it: its result has nowhere to go, and nothing is left to record.
             log.warning("trial %d of %s was finished elsewhere (stale); moving on", trial.number, study.study_name)
             state = TrialState.FAIL
+            finished_elsewhere = True  # its retry may be resuming from its checkpoints: keep them
         except StorageUnavailable:
             raise  # the trial stays RUNNING and goes stale: re-queued once the storage is back
         except Exception as e:  # a bug or an environment problem: record it, keep the worker alive
@@ -363,7 +403,17 @@ def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,
             stats.pruned += 1
         else:
             stats.failed += 1
+    if not finished_elsewhere:  # it ended for good: nothing will resume it (an interruption never gets here)
+        _remove_checkpoints(study, frozen)
     return frozen
+
+
+def _remove_checkpoints(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+    from dal_search.search import checkpoints
+
+    saved = checkpoints.for_trial(study, frozen)
+    if saved is not None:
+        saved.remove()
 
 
 def _top_up(study: optuna.Study) -> int:

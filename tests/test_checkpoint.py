@@ -70,3 +70,50 @@ def test_an_explicit_schedule_may_change_its_future_not_its_past(tmp_path, caplo
     ck = Checkpointer(path)
     train(changed_past, checkpoint=ck)
     assert ck.resumed_at == 0 and "differs from this run's q_schedule" in caplog.text
+
+
+# ---------------------------------------------------------------- a worker's trial resumes after its worker died
+
+@pytest.mark.slow
+def test_a_sigkilled_workers_trial_resumes_from_its_checkpoint_and_equals_an_unbroken_run(tmp_path, monkeypatch):
+    """`dal-search worker` SIGKILLed mid-trial (checkpoints every epoch): the next worker re-queues the trial,
+    its retry starts at the epoch after the last one saved, and ends with the history of an unbroken run."""
+    import os
+    import signal
+    import time
+
+    import optuna
+
+    from dal_search.search.campaign import create_studies, parse_campaign
+    from dal_search.search.checkpoints import trial_folder
+    from dal_search.search.worker import run_worker
+    from dal_search.storage import open_storage
+    from tests.conftest import tiny_campaign
+    from tests.test_search import _wait_for_running, spawn
+
+    env = {"DAL_SEARCH_HEARTBEAT": "1", "DAL_SEARCH_GRACE": "2", "DAL_SEARCH_CHECKPOINT_SECONDS": "0"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    url = f"sqlite:///{tmp_path}/k.db"
+    storage = open_storage(url, heartbeat_interval=1, grace_period=2)
+    (name,) = create_studies(storage, parse_campaign(tiny_campaign("resume", trials=1, epochs=30)))
+    victim = spawn("worker", "--storage", url, "--campaign", "resume", "--quiet", "--threads", "1", env=env)
+    running = _wait_for_running(url, "resume")
+    ckpt = trial_folder(tmp_path / "k.db.checkpoints", name, running.number) / "seed-0.pt"
+    deadline = time.time() + 120
+    while (saved_epoch(ckpt) or 0) < 3 and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    at_kill = saved_epoch(ckpt)
+    assert at_kill is not None and 3 <= at_kill < 29, at_kill  # killed mid-trial, after some saves
+    stats = run_worker(storage, "resume", worker_seed=0)  # re-queues the stale trial and runs its retry
+
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    killed = next(t for t in trials if t.number == running.number)
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert stats.complete == 1 and killed.state.name == "FAIL" and retry.params == killed.params
+    assert retry.user_attrs["per_seed"][0]["resumed_at_epoch"] == at_kill + 1  # not epoch 0
+    unbroken = train(TrainConfig.from_dict(retry.user_attrs["train_config"]))
+    assert retry.user_attrs["history"] == unbroken["history"] and retry.value == unbroken["val_acc"]
+    assert not (tmp_path / "k.db.checkpoints").exists()  # the chain's checkpoints go once it completed
