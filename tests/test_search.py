@@ -271,7 +271,11 @@ def test_worker_out_of_storage_patience_exits_with_one_line_and_its_trial_is_req
 # ---------------------------------------------------------------- bad input: one line, exit 2, nothing touched
 
 def _main(capsys, *argv: str) -> tuple[int, str]:
-    """The CLI's main() in this process: the real code path, without a Python start-up per case."""
+    """The CLI's main() in this process: the real code path, without a Python start-up per case. Commands that
+    serve until stopped run as a process with a timeout instead, so a regression fails rather than hangs."""
+    if argv[0] in ("dashboard", "storage-proxy"):
+        proc = cli(*argv, check=False, timeout=60)
+        return proc.returncode, proc.stderr
     from dal_search.search.cli import main
 
     code = main(list(argv))
@@ -332,11 +336,10 @@ def test_a_bad_heartbeat_setting_is_one_line(command, var, value, tmp_path, caps
 
 @pytest.mark.parametrize("command", [["studies"], ["export", "--study", "s", "--out", "OUT.yaml"],
                                      ["report", "--out", "OUT.html"], ["dashboard"]])
-@pytest.mark.parametrize("typo", ["runs/dal-serch.db", "journal:runs/dal-serch.log"])
-def test_readers_refuse_a_missing_storage_and_create_nothing(command, typo, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+@pytest.mark.parametrize("typo", ["TMP/runs/dal-serch.db", "journal:TMP/runs/dal-serch.log"])
+def test_readers_refuse_a_missing_storage_and_create_nothing(command, typo, tmp_path, capsys):
     argv = [str(tmp_path / a) if a.startswith("OUT") else a for a in command]
-    code, err = _main(capsys, *argv, "--storage", typo)
+    code, err = _main(capsys, *argv, "--storage", typo.replace("TMP", str(tmp_path)))
     line = _one_line(err)
     assert code == 2 and "runs/dal-serch" in line and "check the path" in line
     assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("OUT*"))
