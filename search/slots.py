@@ -81,17 +81,14 @@ def requeue(study: optuna.Study, trial_id: int, why: str, reason: str | None = N
     Safe to call again after any error: the mark goes first, and a trial already failed with it only gets
     the retry it may lack. `reason` is stored as the trial's fail_reason."""
     storage = study._storage
-    frozen = storage.get_trial(trial_id)
-    if frozen.state == TrialState.RUNNING:
-        if reason is not None:
-            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        mark_for_requeue(storage, trial_id, why)
+    if storage.get_trial(trial_id).state == TrialState.RUNNING:
         try:
+            if reason is not None:
+                storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            mark_for_requeue(storage, trial_id, why)
             storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # finished meanwhile (another worker failed it as stale): its mark decides
-    elif frozen.state != TrialState.FAIL or REQUEUE_ATTR not in frozen.system_attrs:
-        return
+            pass  # finished meanwhile (another worker judged it stale too, or it completed): its state decides
     with slot_lock(study):
         queue_retries(study)
 

@@ -158,3 +158,27 @@ def test_an_interrupted_trial_whose_requeue_is_cut_off_keeps_its_slot(tmp_path):
     (failed,) = [t for t in trials if t.state == TrialState.FAIL]
     assert failed._trial_id == fired[0] and "interrupted" in failed.user_attrs["fail_reason"]
     _one_retry_each(trials, [failed.number])
+
+
+def test_two_workers_judging_the_same_trial_stale_queue_one_retry(tmp_path):
+    """Both read the trial RUNNING; the other one fails it first. The second judge neither crashes on the
+    finished trial nor queues a second retry."""
+    from dal_search.search.slots import requeue
+
+    storage = open_storage(f"sqlite:///{tmp_path}/w.db", heartbeat_interval=1, grace_period=1)
+    (name,) = create_studies(storage, _campaign("none", 2))
+    study = optuna.load_study(study_name=name, storage=storage)
+    tid = pop_slot(study)
+    real_get = storage.get_trial
+
+    def get_trial_then_lose_the_race(trial_id):
+        frozen = real_get(trial_id)  # RUNNING, as this judge saw it ...
+        storage.get_trial = real_get
+        requeue(study, trial_id, "stale", "stale")  # ... and the other judge fails it right after
+        return frozen
+
+    storage.get_trial = get_trial_then_lose_the_race
+    requeue(study, tid, "stale", "stale")
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert [t.state for t in trials if t._trial_id == tid] == [TrialState.FAIL]
+    assert len([t for t in trials if t.system_attrs.get("failed_trial") is not None]) == 1
