@@ -284,7 +284,24 @@ def parse_campaign(spec: Any, source: str = "campaign") -> Campaign:
                 grid_size(camp.arms[c.arm])
         except SpaceError as e:
             raise CampaignError(str(e)) from None
+        _check_metric_is_measurable(camp, base, source)
     return camp
+
+
+def _check_metric_is_measurable(camp: Campaign, base: TrainConfig, source: str) -> None:
+    """A test-accuracy metric needs clean test labels: a user's data may have none (then its test accuracy
+    is unknown, NaN), and a campaign must select on the noisy validation split instead."""
+    if "test" not in camp.metric:
+        return
+    from dal_search.objectives.data import DataError, has_clean_test_labels
+
+    try:
+        known = has_clean_test_labels(base.dataset, base.data_dir, base.noise, base.image_size)
+    except DataError as e:
+        raise CampaignError(f"{source}: {e}") from None
+    if not known:
+        raise CampaignError(f"{source}: metric {camp.metric!r} needs clean test labels, and {base.dataset} has "
+                            f"none under noise {base.noise!r}; select on the noisy validation split: metric: val_acc")
 
 
 def _check_grid(space: dict[str, Any], where: str) -> None:

@@ -22,6 +22,7 @@ show that such a trial still goes stale.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import signal
@@ -43,6 +44,9 @@ from dal_search.storage.attrs import write_trial_results
 
 log = logging.getLogger("dal-search.worker")
 REPORTS_PER_TRIAL = 10
+# What the data was, from the trainer's result (NaN metrics mean "unknown": no clean labels to measure with).
+DATA_FACTS = ("has_test_labels", "has_clean_labels", "train_size", "data_source")
+SEED_EXTRAS = ("candidate_set_size",)  # per seed, where the supervision kind has it (partial labels)
 SUMMARY_KEYS = ("test_acc", "best_test_acc", "val_acc", "best_val_acc", "test_acc_at_best_val", "noisy_fit",
                 "clean_fit")
 
@@ -228,7 +232,8 @@ def seed_row(cfg: TrainConfig, result: dict[str, Any], checkpoint=None) -> dict[
     return {"seed": cfg.seed, "status": result["status"], "realized_rate": result["realized_rate"],
             "label_hash": result["label_hash"], "wall_time": result["wall_time"],
             "resumed_at_epoch": checkpoint.resumed_at if checkpoint is not None else 0,
-            **{key: result[key] for key in SUMMARY_KEYS}}
+            **{key: result[key] for key in SUMMARY_KEYS},
+            **{key: result[key] for key in SEED_EXTRAS if key in result}}
 
 
 def trial_attrs(configs: list[TrainConfig], per_seed: list[dict[str, Any]], first: dict[str, Any],
@@ -240,11 +245,18 @@ def trial_attrs(configs: list[TrainConfig], per_seed: list[dict[str, Any]], firs
         "realized_rate": first["realized_rate"], "label_hash": first["label_hash"], "device": first["device"],
         "wall_time": wall_time, "history": first["history"],
     }
+    attrs_out.update({key: first[key] for key in DATA_FACTS if key in first})
     for key in SUMMARY_KEYS:
-        values = [r[key] for r in per_seed]
-        attrs_out[key] = statistics.fmean(values)
-        attrs_out[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+        attrs_out[key], attrs_out[f"{key}_std"] = _mean_std([r[key] for r in per_seed])
     return attrs_out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population std over seeds; NaN for both when any seed's value is unknown (NaN: e.g. test
+    accuracy of data without clean test labels), so an unknown never turns into a number."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
 
 
 def _trial_checkpoints(study: optuna.Study, trial: optuna.Trial, train_fn: Callable):

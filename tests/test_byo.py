@@ -369,10 +369,15 @@ def test_npz_and_python_data_campaign_with_a_python_model(tmp_path):
     camp = {"name": "own", "datasets": datasets, "noise": {"none": [0.0]},
             "arms": {"dal": {"q_start": {"low": 0.3, "high": 0.9}, "q_end": {"low": 1.0, "high": 1.8}},
                      "gce": {"q": 0.7}},
-            "budget": {"trials": 2, "seeds": [0]}, "metric": "val_acc",
+            "budget": {"trials": 2, "seeds": [0, 1]}, "metric": "val_acc",
             "train": {"epochs": 3, "threads": 1, "model": "py:nets:factory"}}
     (tmp_path / "own.yaml").write_text(yaml.safe_dump(camp))
     url = f"sqlite:///{tmp_path / 'runs.db'}"
+    # selecting on test accuracy is refused up front: the .npz has no clean test labels
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**camp, "name": "bad", "metric": "test_acc"}))
+    r = _cli(["run", "bad.yaml", "--storage", url], tmp_path, {"PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "needs clean test labels" in r.stderr and "metric: val_acc" in r.stderr
     r = _cli(["run", "own.yaml", "--storage", url], tmp_path, {"PYTHONPATH": str(tmp_path)})
     assert r.returncode == 0, r.stderr[-3000:]
     storage = optuna.storages.RDBStorage(url)
@@ -383,7 +388,10 @@ def test_npz_and_python_data_campaign_with_a_python_model(tmp_path):
             assert len(trials) == n, [t.user_attrs.get("fail_reason") for t in study.trials]
             for t in trials:
                 assert t.value == t.user_attrs["val_acc"]  # selected on the noisy validation split
+                # two seeds: an unknown test accuracy stays unknown (NaN mean and spread), never a number
                 assert math.isnan(t.user_attrs["test_acc"]) != has_test
+                assert math.isnan(t.user_attrs["test_acc_std"]) != has_test
+                assert t.user_attrs["has_test_labels"] == has_test
                 assert 0 <= t.user_attrs["noisy_fit"] <= 1  # y_train_clean given: memorisation is known
     calls = (tmp_path / "nets.py.calls").read_text().splitlines()
-    assert len(calls) == 6 and set(calls) == {"(12,) 3"}  # every training built the user's network
+    assert len(calls) == 12 and set(calls) == {"(12,) 3"}  # every training built the user's network
