@@ -16,6 +16,7 @@ from typing import Any
 # module that defines them: data.DATASETS, losses.LOSSES, schedules.SCHEDULES, noise.NOISE_KINDS,
 # models.MODELS), imported on first validation so that reading this module costs nothing.
 DEVICES = ("auto", "cpu", "cuda")
+GRAPHS = ("auto", "on", "off")  # the training step as a CUDA graph: where possible / required / never
 METRICS = ("val_acc", "test_acc", "best_test_acc", "best_val_acc")
 
 
@@ -68,6 +69,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool | None = None  # None: bf16 autocast on CUDA, off on CPU
+    # auto: the training step captured as a CUDA graph and replayed on CUDA, eager elsewhere or where capture is
+    # impossible (one log line says why); on: the same, but a step that cannot be captured is an error; off:
+    # always eager (objectives/graphs.py)
+    graphs: str = "auto"
     threads: int | None = None  # torch CPU threads; None leaves torch's default
 
     def __post_init__(self) -> None:
@@ -186,6 +191,9 @@ def validate(c: TrainConfig) -> None:
         _registered(c.model, registries["model"])
     _choice("bootstrap", c.bootstrap, BOOTSTRAPS)
     _choice("device", c.device, DEVICES)
+    _choice("graphs", c.graphs, GRAPHS)
+    if c.graphs == "on" and c.device == "cpu":
+        raise ConfigError("graphs 'on' needs a CUDA device (CUDA graphs); use graphs auto or off with device cpu")
     for name in ("noise_rate", "q", "alpha", "beta", "q_start", "q_end", "bootstrap_scale", "resolved_lr",
                  "momentum", "weight_decay", "val_fraction"):
         v = getattr(c, name)
@@ -257,4 +265,4 @@ def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
 
 
-__all__ = ["TrainConfig", "ConfigError", "validate", "config_fields", "DEVICES", "METRICS"]
+__all__ = ["TrainConfig", "ConfigError", "validate", "config_fields", "DEVICES", "GRAPHS", "METRICS"]

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from dal_search.objectives.checkpoint import Checkpointer, RunState
 from dal_search.objectives.config import TrainConfig
 from dal_search.objectives.data import load_dataset, split_train_val, subset_indices
+from dal_search.objectives.graphs import capture_step
 from dal_search.objectives.losses import make_loss
 from dal_search.objectives.models import build_model, check_output
 from dal_search.objectives.noise import NOISE_KINDS, candidate_set_size, corrupt_labels, label_hash, realized_rate
@@ -124,6 +125,11 @@ def train(config: TrainConfig, report: Report | None = None, checkpoint: Checkpo
     start = checkpoint.resume(config, run_state) if checkpoint is not None else 0
     status_signal = history["train_acc"][-1] if history["train_acc"] else None  # the previous epoch's
     status, reason = "ok", ""
+    # --- on CUDA the step is captured once as a CUDA graph and replayed (objectives/graphs.py): the same step
+    # from static buffers, q, lambda and the learning rate in device tensors; eager elsewhere, and one log
+    # line (the result's `graphs`) says which and why
+    captured, graphs_line = capture_step(config, device, model, optimizer, loss_fn, x_train, y_train,
+                                         _crop_flip if augment else None, use_amp)
 
     # --- the epochs
     for epoch in range(start, config.epochs):
@@ -131,21 +137,25 @@ def train(config: TrainConfig, report: Report | None = None, checkpoint: Checkpo
         lr_now = optimizer.param_groups[0]["lr"]
         model.train()
         order = torch.randperm(n_train, generator=generator).to(device)
-        preds = torch.empty(n_train, dtype=torch.long, device=device)
-        loss_sum = torch.zeros((), device=device)
-        for start in range(0, n_train, config.batch_size):
-            idx = order[start:start + config.batch_size]
-            xb = x_train[idx]
-            if augment:
-                xb = _crop_flip(xb)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(xb)
-            loss = loss_fn(logits, y_train[idx], q, lam, idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(idx)
-            preds[idx] = logits.detach().argmax(1)
+        if captured is not None:
+            captured.epoch(order, q, lam, lr_now)
+            preds, loss_sum = captured.step.preds, captured.step.loss_sum
+        else:
+            preds = torch.empty(n_train, dtype=torch.long, device=device)
+            loss_sum = torch.zeros((), device=device)
+            for start in range(0, n_train, config.batch_size):
+                idx = order[start:start + config.batch_size]
+                xb = x_train[idx]
+                if augment:
+                    xb = _crop_flip(xb)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    logits = model(xb)
+                loss = loss_fn(logits, y_train[idx], q, lam, idx)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * len(idx)
+                preds[idx] = logits.detach().argmax(1)
         lr_schedule.step()
         loss_fn.end_epoch()
 
@@ -178,7 +188,7 @@ def train(config: TrainConfig, report: Report | None = None, checkpoint: Checkpo
 
     # --- the result
     facts = {"train_size": len(noisy_pool), "has_test_labels": y_test is not None,
-             "has_clean_labels": clean_pool is not None, "data_source": data.source}
+             "has_clean_labels": clean_pool is not None, "data_source": data.source, "graphs": graphs_line}
     return _result(config, history, status, reason, noisy_pool, clean_pool, device, t_start, facts)
 
 
