@@ -131,6 +131,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from dal_search.search.worker import default_threads, run_worker
 
+    _check_fuse(args)
     storage = _open(args)
     torch.set_num_threads(args.threads or default_threads(1))
     bar = None
@@ -146,7 +147,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     try:
         stats = run_worker(storage, args.campaign, max_trials=args.max_trials, worker_seed=args.seed,
-                           on_trial=on_trial)
+                           on_trial=on_trial, fuse=args.fuse)
     finally:
         if bar is not None:
             bar.close()
@@ -154,6 +155,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"worker done: {stats.complete} complete, {stats.pruned} pruned, {stats.failed} failed",
               file=sys.stderr)
     return 0
+
+
+def _fuse_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fuse", type=int, default=1, metavar="K",
+                   help="train up to K trials of one study at once as one batched network (horizontal fusion; "
+                        "trials whose configs differ beyond the loss's and the optimiser's knobs train one at a "
+                        "time); default 1")
+
+
+def _check_fuse(args: argparse.Namespace) -> None:
+    if not 1 <= args.fuse <= 64:
+        raise UserError(f"--fuse {args.fuse} is not a number of trials to fuse; use 1 (no fusion) to 64")
 
 
 # ------------------------------------------------------------------ studies / export / report / dashboard / proxy
@@ -273,6 +286,7 @@ def register(sub) -> None:
     p.add_argument("--max-trials", type=int, default=None, help="stop after this many trials")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=None, help="sampler seed (default: random, distinct per worker)")
+    _fuse_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_worker)
 

@@ -311,10 +311,13 @@ class _Stop(Exception):
 
 def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None, *, max_trials: int | None = None,
                worker_seed: int | None = None, poll: float = 2.0, on_trial: Callable[[str, optuna.trial.FrozenTrial], None] | None = None,
-               train_fn: Callable | None = None, should_stop: Callable[[], bool] | None = None) -> WorkerStats:
+               train_fn: Callable | None = None, should_stop: Callable[[], bool] | None = None,
+               fuse: int = 1) -> WorkerStats:
     """Run trial slots of `campaign` (every dal-search study when None) until none is left or running.
 
     Waits while other workers hold running trials, since one of them may die and its slot be re-queued.
+    `fuse` K > 1 pops up to K slots of one study at a time and trains them as one batched network where their
+    configs allow (search/fusion.py).
     """
     from dal_search.search.campaign import campaign_study_names
 
@@ -358,6 +361,19 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
                     continue
                 if _FAULT == "kill-after-claim":
                     os.kill(os.getpid(), signal.SIGKILL)
+                room = fuse if max_trials is None else min(fuse, max_trials - stats.total)
+                if room > 1 and (more := _fusion().pop_more(study, room - 1)):
+                    try:
+                        frozens = _fusion().run_fused_slots(study, [trial_id, *more], train_fn, stats, should_stop)
+                    except KeyboardInterrupt:  # every fused trial was re-queued
+                        if should_stop is not None and should_stop():
+                            return stats
+                        raise
+                    for frozen in frozens:
+                        if on_trial is not None:
+                            on_trial(study.study_name, frozen)
+                    ran = True
+                    break
                 try:
                     frozen = _run_slot(study, trial_id, train_fn, stats, should_stop)
                 except KeyboardInterrupt:
@@ -378,6 +394,12 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
         if _in_main_thread():
             signal.signal(signal.SIGTERM, previous)
     return stats
+
+
+def _fusion():
+    from dal_search.search import fusion
+
+    return fusion
 
 
 def _run_slot(study: optuna.Study, trial_id: int, train_fn, stats: WorkerStats,

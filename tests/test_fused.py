@@ -96,3 +96,107 @@ def test_emulated_captured_fused_step_trains_as_the_eager_fused_step(monkeypatch
         "cuda graphs off: device is cpu"
     for e, f in zip(emulated, eager):
         _assert_same_history(e, f)
+
+
+# ---------------------------------------------------------------- a worker that fuses (search/fusion.py)
+
+def _trials(url: str, campaign: str):
+    import optuna
+
+    from dal_search.storage import open_storage
+
+    storage = open_storage(url)
+    (name,) = [n for n in optuna.get_all_study_names(storage)
+               if storage.get_study_user_attrs(storage.get_study_id_from_name(n)).get("campaign") == campaign]
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+def test_a_fusing_worker_runs_the_exact_budget_and_tells_each_trial_its_own_result(tmp_path, campaign_file, capsys):
+    """`dal-search worker --fuse 2` on a 4-trial, 2-seed budget: two fused pairs, every trial complete with its
+    own params, per-seed rows and checkpoint values, and the value its params give trained alone."""
+    pytest.importorskip("optuna")
+    from dal_search.search.cli import main
+
+    url = f"sqlite:///{tmp_path}/f.db"
+    path = campaign_file(name="fuse", trials=4, seeds=(0, 1), train={"epochs": 3, "threads": 1, "train_size": 400})
+    assert main(["run", path, "--storage", url, "--create-only"]) == 0
+    assert main(["worker", "--storage", url, "--campaign", "fuse", "--fuse", "2", "--quiet"]) == 0
+    trials = _trials(url, "fuse")
+    assert len(trials) == 4 and {t.state.name for t in trials} == {"COMPLETE"}
+    assert sorted(tuple(t.user_attrs["fused_with"]) for t in trials) == [(0, 1), (0, 1), (2, 3), (2, 3)]
+    assert len({t.params["q_start"] for t in trials}) == 4  # each its own sampled params
+    for t in trials:
+        assert [r["seed"] for r in t.user_attrs["per_seed"]] == [0, 1] and "worker" in t.user_attrs
+        assert sorted(t.intermediate_values) == [0, 1, 2]
+    t = trials[3]  # retrained alone, seed by seed
+    alone = [train(TrainConfig.from_dict({**t.user_attrs["train_config"], "seed": s})) for s in (0, 1)]
+    assert t.value == pytest.approx(sum(r["val_acc"] for r in alone) / 2, abs=2 / 40)  # 40 validation images
+
+
+def test_fuse_is_checked_and_a_stopped_fused_pair_is_requeued_then_finished_within_the_budget(tmp_path, capsys):
+    """--fuse 0 is one line and exit 2. A pool's stop (should_stop) mid-epoch re-queues both fused trials; the
+    next fusing worker finishes the budget exactly: 4 complete, the 2 interrupted ones failed and retried."""
+    pytest.importorskip("optuna")
+    from dal_search.search.campaign import create_studies, parse_campaign
+    from dal_search.search.cli import main
+    from dal_search.search.worker import run_worker
+    from dal_search.storage import open_storage
+    from tests.conftest import tiny_campaign
+
+    assert main(["worker", "--storage", f"sqlite:///{tmp_path}/x.db", "--fuse", "0"]) == 2
+    assert capsys.readouterr().err.strip() == ("dal-search: error: --fuse 0 is not a number of trials to fuse; use 1 "
+                                               "(no fusion) to 64")
+    url = f"sqlite:///{tmp_path}/s.db"
+    storage = open_storage(url)
+    create_studies(storage, parse_campaign(tiny_campaign("stop", trials=4, epochs=4)))
+    calls = iter(range(100))
+    stats = run_worker(storage, "stop", worker_seed=0, fuse=2, should_stop=lambda: next(calls) >= 3)
+    assert stats.total == 0
+    trials = _trials(url, "stop")
+    stopped = [t for t in trials if t.state.name == "FAIL"]
+    assert len(stopped) == 2 and all(t.system_attrs["dal:requeue"] == "interrupted" for t in stopped)
+    stats = run_worker(storage, "stop", worker_seed=1, fuse=2)
+    trials = _trials(url, "stop")
+    assert stats.complete == 4 and sum(t.state.name == "COMPLETE" for t in trials) == 4 and len(trials) == 6
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    assert retried == {t.number for t in stopped}
+
+
+@pytest.mark.slow
+def test_a_sigkilled_fusing_workers_trials_go_stale_and_the_budget_still_finishes_exactly(tmp_path):
+    """Heartbeats keep beating for each fused trial; SIGKILL the worker mid-pair: the next fusing worker fails
+    both as stale, retries them (fused again) and finishes the 4-trial budget exactly."""
+    pytest.importorskip("optuna")
+    import os
+    import signal
+    import time
+
+    from dal_search.search.campaign import create_studies, parse_campaign
+    from dal_search.search.worker import run_worker
+    from dal_search.storage import open_storage
+    from tests.conftest import tiny_campaign
+    from tests.test_search import spawn
+
+    env = {"DAL_SEARCH_HEARTBEAT": "1", "DAL_SEARCH_GRACE": "3", "DAL_SEARCH_CHECKPOINT_DIR": "off"}
+    url = f"sqlite:///{tmp_path}/k.db"
+    storage = open_storage(url, heartbeat_interval=1, grace_period=3)
+    create_studies(storage, parse_campaign(tiny_campaign("killfuse", trials=4, epochs=60)))
+    victim = spawn("worker", "--storage", url, "--campaign", "killfuse", "--fuse", "2", "--quiet", "--threads", "1",
+                   env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and victim.poll() is None:
+        running = [t for t in _trials(url, "killfuse") if t.state.name == "RUNNING" and "fused_with" in t.user_attrs]
+        if len(running) == 2:
+            break
+        time.sleep(0.2)
+    time.sleep(1.5)  # some beats and epochs into the fused pair
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert len(running) == 2, victim.stderr.read()
+    stats = run_worker(storage, "killfuse", worker_seed=0, fuse=2)
+    trials = _trials(url, "killfuse")
+    assert stats.complete == 4 and sum(t.state.name == "COMPLETE" for t in trials) == 4 and len(trials) == 6
+    killed = {t.number for t in running}
+    assert {t.number for t in trials if t.state.name == "FAIL"} == killed
+    assert all(t.user_attrs["fail_reason"].startswith("stale") for t in trials if t.number in killed)
+    assert {t.system_attrs.get("failed_trial") for t in trials} - {None} == killed
