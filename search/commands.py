@@ -1,13 +1,10 @@
-"""The campaign commands of `dal-search`: run, worker, pool, studies, export, report, dashboard, storage-proxy."""
+"""The campaign commands of `dal-search`: run, worker, pool, tune, studies, export, report, dashboard, storage-proxy."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import signal
-import subprocess
 import sys
-import time
 from typing import Any
 
 from dal_search.search._cli_common import UserError, check_writable, check_writable_dir
@@ -34,11 +31,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     total = sum(camp.budget(c.arm) for c in camp.conditions())
     print(f"campaign {camp.name}: {len(names)} studies, {total} trials "
           f"x {len(camp.seeds)} seed(s), {args.workers} worker(s) on {_describe(url)}", file=sys.stderr)
+    from dal_search.search.runner import WorkersFailed, run_here, run_processes
+
     threads = args.threads or _threads_for(args.workers)
     if args.workers == 1:
-        _run_in_process(storage, camp.name, names, threads, args.seed)
+        run_here(storage, camp.name, names, threads=threads, seed=args.seed)
     else:
-        _run_processes(url, storage, camp.name, names, args.workers, threads, args.seed)
+        try:
+            run_processes(url, storage, camp.name, names, args.workers, threads=threads, seed=args.seed)
+        except WorkersFailed as e:
+            raise UserError(str(e)) from None
     _print_table(storage, camp.name)
     return 0
 
@@ -58,72 +60,6 @@ def _describe(url: str) -> str:
         return url
 
 
-def _progress_bar(total: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
-
-
-def _run_in_process(storage, campaign: str, names: list[str], threads: int, seed: int | None) -> None:
-    import torch
-
-    from dal_search.search.campaign import progress
-    from dal_search.search.worker import run_worker
-
-    torch.set_num_threads(threads)
-    counts = progress(storage, names)
-    bar = _progress_bar(counts["budget"])
-    bar.update(counts["done"])
-
-    def on_trial(study_name, frozen):
-        bar.update(1)
-        if frozen.value is not None:
-            bar.set_postfix_str(f"{study_name} #{frozen.number}: {frozen.value:.4f}", refresh=False)
-
-    try:
-        run_worker(storage, campaign, worker_seed=seed, on_trial=on_trial)
-    finally:
-        bar.close()
-
-
-def _run_processes(url: str, storage, campaign: str, names: list[str], workers: int, threads: int,
-                   seed: int | None) -> None:
-    from dal_search.search.campaign import progress
-
-    cmd = [sys.executable, "-m", "dal_search", "worker", "--storage", url, "--campaign", campaign,
-           "--threads", str(threads), "--quiet"]
-    procs = [subprocess.Popen(cmd + (["--seed", str(seed + i)] if seed is not None else []))
-             for i in range(workers)]
-    counts = progress(storage, names)
-    bar = _progress_bar(counts["budget"])
-    bar.update(counts["done"])
-    try:
-        while any(p.poll() is None for p in procs):
-            time.sleep(1.0)
-            counts = progress(storage, names)
-            bar.update(counts["done"] - bar.n)
-            bar.set_postfix(running=counts["running"], failed=counts["failed"], refresh=False)
-        counts = progress(storage, names)
-        bar.update(counts["done"] - bar.n)
-    except KeyboardInterrupt:
-        # A terminal's Ctrl-C reaches the workers too (same process group) and each re-queues its trial.
-        # Workers that did not get it (the driver alone was signalled) are asked the same way.
-        deadline = time.time() + 3
-        while time.time() < deadline and any(p.poll() is None for p in procs):
-            time.sleep(0.1)
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            p.wait(timeout=120)
-        raise
-    finally:
-        bar.close()
-    bad = [p.returncode for p in procs if p.returncode not in (0,)]
-    if bad:
-        raise UserError(f"{len(bad)} worker(s) exited with status {bad}; see their messages above")
-
-
 # ------------------------------------------------------------------ worker
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -141,7 +77,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if args.quiet:
             return
         if bar is None:
-            bar = _progress_bar(args.max_trials or 0)
+            from tqdm import tqdm
+
+            bar = tqdm(total=args.max_trials or 0, desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
         bar.update(1)
         bar.set_postfix_str(f"{study_name} #{frozen.number} {frozen.state.name}", refresh=False)
 

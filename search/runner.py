@@ -63,7 +63,11 @@ def run_processes(url: str, storage: Any, campaign: str, names: list[str], worke
 
     Ctrl-C: a terminal's reaches the workers too (same process group) and each re-queues its trial; workers
     that did not get it are sent SIGINT. Raises WorkersFailed if any worker exits non-zero."""
-    from dal_search.search.campaign import progress as count
+    from dal_search.search.campaign import progress
+    from dal_search.search.worker import retrying
+
+    def count(storage, names):  # a database restart costs the progress bar a few retries, not the run
+        return retrying(progress, storage, names)
 
     cmd = [sys.executable, "-m", "dal_search", "worker", "--storage", url, "--campaign", campaign,
            "--threads", str(threads), "--quiet"]
