@@ -241,7 +241,7 @@ def _capture(step: Callable[[], None], rewind: Callable[[], Any], state: list[to
         torch.cuda.current_stream(device).wait_stream(side)
         rewind()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph):
             step()
         return graph
     finally:

@@ -21,6 +21,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     camp = load_campaign(args.campaign)  # every error in the file surfaces before the storage is touched
     if args.workers < 1:
         raise UserError("--workers must be >= 1")
+    _check_fuse(args)
     storage = _open(args)
     names = create_studies(storage, camp)
     url = args.storage or _default_storage()
@@ -35,10 +36,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     threads = args.threads or _threads_for(args.workers)
     if args.workers == 1:
-        run_here(storage, camp.name, names, threads=threads, seed=args.seed)
+        run_here(storage, camp.name, names, threads=threads, seed=args.seed, fuse=args.fuse)
     else:
         try:
-            run_processes(url, storage, camp.name, names, args.workers, threads=threads, seed=args.seed)
+            run_processes(url, storage, camp.name, names, args.workers, threads=threads, seed=args.seed,
+                          fuse=args.fuse)
         except WorkersFailed as e:
             raise UserError(str(e)) from None
     _print_table(storage, camp.name)
@@ -213,6 +215,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores / workers)")
     p.add_argument("--seed", type=int, default=None, help="sampler seed of the first worker (others: +1, +2...)")
+    _fuse_arg(p)
     p.add_argument("--create-only", action="store_true", help="create the studies and their budget, run nothing")
     p.set_defaults(func=cmd_run)
 

@@ -32,8 +32,9 @@ def _bar(total: int, done: int, show: bool):
 
 
 def run_here(storage: Any, campaign: str, names: list[str], *, threads: int | None = None, seed: int | None = None,
-             progress: bool = True) -> Any:
-    """Run the campaign's remaining trials with one worker in this process; returns its WorkerStats."""
+             progress: bool = True, fuse: int = 1) -> Any:
+    """Run the campaign's remaining trials with one worker in this process; returns its WorkerStats. `fuse` K
+    trains up to K trials of a study at once as one batched network (search/fusion.py)."""
     import torch
 
     from dal_search.search.campaign import progress as count
@@ -51,14 +52,14 @@ def run_here(storage: Any, campaign: str, names: list[str], *, threads: int | No
                 bar.set_postfix_str(f"{study_name} #{frozen.number}: {frozen.value:.4f}", refresh=False)
 
     try:
-        return run_worker(storage, campaign, worker_seed=seed, on_trial=on_trial)
+        return run_worker(storage, campaign, worker_seed=seed, on_trial=on_trial, fuse=fuse)
     finally:
         if bar is not None:
             bar.close()
 
 
 def run_processes(url: str, storage: Any, campaign: str, names: list[str], workers: int, *, threads: int,
-                  seed: int | None = None, progress: bool = True) -> None:
+                  seed: int | None = None, progress: bool = True, fuse: int = 1) -> None:
     """Run the campaign's remaining trials with `workers` local worker processes on the storage `url`.
 
     Ctrl-C: a terminal's reaches the workers too (same process group) and each re-queues its trial; workers
@@ -70,7 +71,7 @@ def run_processes(url: str, storage: Any, campaign: str, names: list[str], worke
         return retrying(progress, storage, names)
 
     cmd = [sys.executable, "-m", "dal_search", "worker", "--storage", url, "--campaign", campaign,
-           "--threads", str(threads), "--quiet"]
+           "--threads", str(threads), "--fuse", str(fuse), "--quiet"]
     procs = [subprocess.Popen(cmd + (["--seed", str(seed + i)] if seed is not None else []))
              for i in range(workers)]
     counts = count(storage, names)

@@ -112,15 +112,14 @@ def _trials(url: str, campaign: str):
 
 
 def test_a_fusing_worker_runs_the_exact_budget_and_tells_each_trial_its_own_result(tmp_path, campaign_file, capsys):
-    """`dal-search worker --fuse 2` on a 4-trial, 2-seed budget: two fused pairs, every trial complete with its
+    """`dal-search run --fuse 2` on a 4-trial, 2-seed budget: two fused pairs, every trial complete with its
     own params, per-seed rows and checkpoint values, and the value its params give trained alone."""
     pytest.importorskip("optuna")
     from dal_search.search.cli import main
 
     url = f"sqlite:///{tmp_path}/f.db"
     path = campaign_file(name="fuse", trials=4, seeds=(0, 1), train={"epochs": 3, "threads": 1, "train_size": 400})
-    assert main(["run", path, "--storage", url, "--create-only"]) == 0
-    assert main(["worker", "--storage", url, "--campaign", "fuse", "--fuse", "2", "--quiet"]) == 0
+    assert main(["run", path, "--storage", url, "--fuse", "2"]) == 0
     trials = _trials(url, "fuse")
     assert len(trials) == 4 and {t.state.name for t in trials} == {"COMPLETE"}
     assert sorted(tuple(t.user_attrs["fused_with"]) for t in trials) == [(0, 1), (0, 1), (2, 3), (2, 3)]
@@ -200,3 +199,18 @@ def test_a_sigkilled_fusing_workers_trials_go_stale_and_the_budget_still_finishe
     assert {t.number for t in trials if t.state.name == "FAIL"} == killed
     assert all(t.user_attrs["fail_reason"].startswith("stale") for t in trials if t.number in killed)
     assert {t.system_attrs.get("failed_trial") for t in trials} - {None} == killed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fused_members_captured_on_a_gpu_match_their_runs_alone():
+    """On a GPU the fused step is captured too; each member agrees with its own captured run alone within bf16
+    tolerance (bench/gpu_check.sh runs this)."""
+    configs = [c.replace(device="cuda", threads=None) for c in _members("cnn")]
+    fused = train_fused(configs)
+    assert fused[0]["graphs"].startswith("cuda graphs on")
+    for f, c in zip(fused, configs):
+        alone = train(c)
+        assert alone["graphs"].startswith("cuda graphs on")
+        assert f["history"]["train_loss"] == pytest.approx(alone["history"]["train_loss"], rel=2e-2)
+        for key in ("train_acc", "val_acc", "test_acc"):
+            assert f["history"][key] == pytest.approx(alone["history"][key], abs=0.05), key

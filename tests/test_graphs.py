@@ -255,7 +255,7 @@ def test_one_captured_step_matches_one_eager_step_on_a_gpu():
 
 
 @needs_cuda
-def test_a_network_the_capture_refuses_trains_eager_with_the_reason(tmp_path, monkeypatch):
+def test_a_network_the_capture_refuses_trains_eager_with_the_reason_on_a_gpu(tmp_path, monkeypatch):
     (tmp_path / "branchy.py").write_text(
         "import torch\n"
         "class Net(torch.nn.Module):\n"
@@ -271,3 +271,28 @@ def test_a_network_the_capture_refuses_trains_eager_with_the_reason(tmp_path, mo
     assert r["status"] == "ok" and r["graphs"].startswith("cuda graphs off: capture raised ")
     with pytest.raises(ConfigError, match="graphs 'on' but the step cannot be captured: capture raised"):
         train(TrainConfig(model="py:branchy:make", epochs=1, device="cuda", graphs="on", **FAST))
+
+
+# ---------------------------------------------------------------- bench/bench_gpu.py, its CPU smoke version
+
+@pytest.mark.slow
+def test_bench_gpu_smoke_measures_every_row_on_cpu(tmp_path, capsys):
+    """The GPU benchmark's code path on tiny CIFAR-shaped data: one trial eager and 'captured' (here: the
+    fallback line), fused K = 1 and 2, one child process; every row has a steady epoch and a rate."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--smoke", "--processes", "1", "--data-dir", str(tmp_path), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["what"] for r in rows] == ["one trial, graphs off", "one trial, graphs auto", "fused, K = 1",
+                                         "fused, K = 2", "processes, P = 1"]
+    assert [r["line"] for r in rows[:2]] == ["cuda graphs off: config graphs: off", "cuda graphs off: device is cpu"]
+    assert all(r["steady_epoch_s"] > 0 and r["images_per_s"] > 0 and r["train_images"] == 90 for r in rows)
+    table = capsys.readouterr().out
+    assert table.startswith("| what | steady epoch | training images/s |") and "| fused, K = 2 |" in table
