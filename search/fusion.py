@@ -64,7 +64,7 @@ def run_fused_slots(study: optuna.Study, trial_ids: list[int], train_fn: Callabl
     if train_fn is None:
         from dal_search.objectives.train import train as train_fn
     else:
-        log.info("fuse: a stand-in trainer cannot be fused; trials %s train one at a time", trial_ids)
+        log.warning("fuse: a stand-in trainer cannot be fused; trials %s train one at a time", trial_ids)
     numbers = {tid: _worker.retrying(study._storage.get_trial_number_from_id, tid) for tid in trial_ids}
     meeting = _Meeting(len(trial_ids), study, numbers, train_fn, can_fuse)
     frozen: dict[int, optuna.trial.FrozenTrial] = {}
@@ -181,14 +181,14 @@ class _Meeting:
             else:
                 groups.setdefault(fusion_key(config), []).append(ticket)
         if len(groups) > 1:
-            log.info("fuse: trials %s differ beyond the fusable fields; training %d groups one after the other",
+            log.warning("fuse: trials %s differ beyond the fusable fields; training %d groups one after the other",
                      sorted(self.numbers[asks[t][0]] for t in asks), len(groups))
         for tickets in groups.values():
             configs = [asks[t][1] for t in tickets]
             why = why_not_fusable(configs) if len(tickets) > 1 else "one trial"
             if why:
                 if len(tickets) > 1:
-                    log.info("fuse: trials %s cannot be fused (%s); training them one at a time",
+                    log.warning("fuse: trials %s cannot be fused (%s); training them one at a time",
                              [self.numbers[asks[t][0]] for t in tickets], why)
                 alone.extend(tickets)
                 continue

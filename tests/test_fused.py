@@ -214,3 +214,23 @@ def test_fused_members_captured_on_a_gpu_match_their_runs_alone():
         assert f["history"]["train_loss"] == pytest.approx(alone["history"]["train_loss"], rel=2e-2)
         for key in ("train_acc", "val_acc", "test_acc"):
             assert f["history"][key] == pytest.approx(alone["history"][key], abs=0.05), key
+
+
+def test_trials_that_cannot_be_fused_train_one_at_a_time_with_a_warning(tmp_path, caplog):
+    """A grid over the network: the popped pair differs in `model`, so the worker says so and trains each alone."""
+    pytest.importorskip("optuna")
+    from dal_search.search.campaign import create_studies, parse_campaign
+    from dal_search.search.worker import run_worker
+    from dal_search.storage import open_storage
+    from tests.conftest import tiny_campaign
+
+    storage = open_storage(f"sqlite:///{tmp_path}/n.db")
+    create_studies(storage, parse_campaign(tiny_campaign(
+        "apart", trials=2, epochs=2, sampler="grid", train={"epochs": 2, "threads": 1, "train_size": 300},
+        arms={"dal": {"model": ["mlp", "cnn"], "q_start": 0.6, "q_end": 1.5}})))
+    stats = run_worker(storage, "apart", worker_seed=0, fuse=2)
+    trials = _trials(f"sqlite:///{tmp_path}/n.db", "apart")
+    assert stats.complete == 2 and sorted(t.params["model"] for t in trials) == ["cnn", "mlp"]
+    assert not any("fused_with" in t.user_attrs for t in trials)
+    warned = [r.getMessage() for r in caplog.records if r.name == "dal-search.fusion"]
+    assert warned == ["fuse: trials [0, 1] differ beyond the fusable fields; training 2 groups one after the other"]
