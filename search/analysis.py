@@ -8,6 +8,8 @@ The paper's open questions, each a figure:
                           spread, and the best point, chosen on the campaign's selection metric (noisy
                           validation by default), is starred with its test accuracy beside it
     schedule_comparison   Q1: accuracy by schedule shape per noise setting (every seed of every trial, as boxes)
+    learned_schedules     Q1, learned: the q(t), lambda(t) that PBT's best members learned (search/tune.py) beside
+                          the fixed shapes, and the best learned vs the best fixed-shape trial over seeds
     arm_comparison        DAL vs the baselines across noise kinds and rates (best trial per study by the
                           study's own metric, i.e. noisy validation; bars are mean ± std over its seeds,
                           drawn only where a bar has more than one seed)
@@ -578,6 +580,122 @@ def trial_curves(trial: FrozenTrial, title: str | None = None) -> go.Figure:
     return fig
 
 
+# ---------------------------------------------------------------- Q1, learned: schedules found by PBT
+
+LEARNED = "explicit"  # the shape of a schedule given epoch by epoch, as PBT's members carry theirs
+_SHAPE_COLOURS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]  # one per SHAPE_ORDER entry
+_LEARNED_COLOURS = ["#000000", "#d62728", "#e377c2"]  # the best learned schedule, then the next two
+
+
+@dataclass
+class LearnedResult:
+    """One noise setting's learned schedules (trials with schedule explicit, e.g. PBT's members, best first on
+    the selection metric) and the best fixed-shape DAL trial on it, compared on `key` (None: no fixed one)."""
+
+    cond: Cond
+    members: list[FrozenTrial]
+    fixed: FrozenTrial | None
+    fixed_trials: int
+    comparison: Comparison | None
+    selected_on: str
+
+
+def has_learned(studies: Iterable[optuna.Study]) -> bool:
+    return any(_shape(t) == LEARNED for s in _dal_studies(studies) for t in _complete(s))
+
+
+def learned_results(studies: Iterable[optuna.Study], key: str = "test_acc") -> list[LearnedResult]:
+    """Per noise setting with a learned schedule: its members best first, and the best learned one vs the best
+    fixed-shape trial (both chosen on the selection metric, in any of `studies`), paired by seed on `key`."""
+    learned: dict[Cond, list[FrozenTrial]] = defaultdict(list)
+    fixed: dict[Cond, list[FrozenTrial]] = defaultdict(list)
+    studies_of: dict[Cond, list[optuna.Study]] = defaultdict(list)
+    for s in _dal_studies(studies):
+        studies_of[_cond(s)].append(s)
+        for t in _complete(s):
+            (learned if _shape(t) == LEARNED else fixed)[_cond(s)].append(t)
+    out = []
+    for cond in sorted(learned):
+        members = sorted(learned[cond], key=lambda t: -t.value)
+        best = max(fixed[cond], key=lambda t: t.value) if fixed[cond] else None
+        comparison = stats.compare(seed_map(members[0], key), seed_map(best, key)) if best is not None else None
+        out.append(LearnedResult(cond, members, best, len(fixed[cond]), comparison, selected_on(studies_of[cond])))
+    return out
+
+
+def learned_schedules(studies: list[optuna.Study], key: str = "test_acc", top: int = 3) -> go.Figure:
+    """The q(t) and lambda(t) (times bootstrap_scale: the weight the loss applies) of each setting's `top`
+    learned schedules (the best solid and thick), beside the fixed shapes drawn at the q_s, q_e and epochs of
+    the best fixed-shape trial (the paper's 0.6, 1.5 when the setting has none). Each q(t) panel's title holds
+    the comparison of the best learned schedule with the best fixed-shape trial."""
+    from dal_search.objectives.schedules import dal_schedule
+
+    results = learned_results(studies, key)
+    if not results:
+        raise NotEnoughTrials("not enough trials: no completed trial with a learned (explicit) schedule; run "
+                              "'dal-search tune CAMPAIGN --scheduler pbt'")
+    label = _labeller(studies)
+    titles = []
+    for r in results:
+        if r.comparison is None:
+            verdict = "no fixed-shape trial to compare with"
+        else:
+            verdict = (f"learned - best fixed ({_shape(r.fixed)}), {KEY_WORDS.get(key, key)}: "
+                       f"{stats.cell(r.comparison)} pts, n={r.comparison.n}: {r.comparison.verdict}")
+        cfg = (r.fixed.user_attrs.get("train_config") or {}) if r.fixed else {}
+        where = (f"fixed shapes at the best fixed trial's q_s {float(cfg.get('q_start', 0.6)):.3g}, "
+                 f"q_e {float(cfg.get('q_end', 1.5)):.3g}" if r.fixed else "fixed shapes at the paper's q_s 0.6, q_e 1.5")
+        titles += [f"{label(r.cond)}: q(t)<br><sup>{verdict}</sup>",
+                   f"{label(r.cond)}: lambda(t) x bootstrap_scale<br><sup>{where}</sup>"]
+    fig = make_subplots(rows=len(results), cols=2, subplot_titles=titles, vertical_spacing=0.3 / len(results))
+    for row, r in enumerate(results, start=1):
+        cfg = (r.fixed or r.members[0]).user_attrs.get("train_config") or {}
+        q_s, q_e = (float(cfg.get("q_start", 0.6)), float(cfg.get("q_end", 1.5))) if r.fixed else (0.6, 1.5)
+        epochs = len(r.members[0].user_attrs["history"]["epoch"])
+        scale = float(cfg.get("bootstrap_scale", 1.0)) if r.fixed else 1.0
+        for k, shape in enumerate(SHAPE_ORDER):
+            pairs = dal_schedule(q_s, q_e, epochs, shape)
+            for col, values in ((1, [q for q, _ in pairs]), (2, [scale * lam for _, lam in pairs])):
+                fig.add_trace(go.Scatter(x=list(range(epochs)), y=values, mode="lines", name=f"{shape} (fixed)",
+                                         legendgroup=shape, showlegend=row == 1 and col == 1,
+                                         line={"dash": "dot", "width": 1.5, "color": _SHAPE_COLOURS[k]}),
+                              row=row, col=col)
+        for i, m in enumerate(r.members[:top]):
+            h, mcfg = m.user_attrs["history"], m.user_attrs.get("train_config") or {}
+            lam = [float(mcfg.get("bootstrap_scale", 1.0)) * v for v in h["lam"]]
+            name = (f"learned #{i + 1}: trial {m.number} (selection value {m.value:.3f}; {KEY_WORDS.get(key, key)} "
+                    f"{_mean_sd(_seed_values(m, key))})")
+            for col, values in ((1, h["q"]), (2, lam)):
+                fig.add_trace(go.Scatter(x=h["epoch"], y=values, mode="lines", name=name,
+                                         legendgroup=f"learned-{row}-{i}", showlegend=col == 1,
+                                         line={"width": 3.5 if i == 0 else 1.5, "dash": "solid" if i == 0 else "dash",
+                                               "color": _LEARNED_COLOURS[min(i, 2)]}),
+                              row=row, col=col)
+        fig.update_xaxes(title_text="epoch", row=row)
+    fig.update_layout(title=f"Schedules learned by PBT (best {min(top, max(len(r.members) for r in results))} members "
+                            f"per setting on {selected_on(studies)}) beside the fixed shapes (dotted)",
+                      height=120 + 330 * len(results), width=1150, legend={"font": {"size": 10}})
+    return fig
+
+
+def learned_findings(studies: list[optuna.Study], key: str = "test_acc") -> list[str]:
+    """One sentence per setting with a learned schedule: the best learned vs the best fixed-shape trial."""
+    out = []
+    label = _labeller(studies)
+    what = KEY_WORDS.get(key, key)
+    for r in learned_results(studies, key):
+        head = (f"{label(r.cond)}: the schedule learned by PBT (the best of {len(r.members)} learned schedules on "
+                f"{r.selected_on}: trial {r.members[0].number}, {what} {_mean_sd(_seed_values(r.members[0], key))})")
+        if r.comparison is None:
+            out.append(f"{head}; no fixed-shape DAL trial in this setting to compare it with.")
+            continue
+        cfg = r.fixed.user_attrs.get("train_config") or {}
+        fixed = (f"the best fixed shape ({_shape(r.fixed)}, q_s={float(cfg.get('q_start', 0)):.3g}, "
+                 f"q_e={float(cfg.get('q_end', 0)):.3g}; best of {r.fixed_trials} fixed-shape trials)")
+        out.append(f"{head}. " + stats.sentence("Learned", fixed, r.comparison, what=what) + ".")
+    return out
+
+
 # ---------------------------------------------------------------- findings in words
 
 def _q(p: Point) -> str:
@@ -619,4 +737,4 @@ def findings(studies: list[optuna.Study], key: str = "test_acc") -> list[str]:
             verdict += f"; detectably worse: {', '.join(worse)}"
         out.append(f"{label(r.cond)}: schedule shapes by {what}, per seed averaged over each shape's trials "
                    f"({r.pooling}): {means}. {comps}. So {verdict}.")
-    return out
+    return out + learned_findings(studies, key)

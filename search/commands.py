@@ -231,26 +231,38 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("studies", help="table of studies: trials done/running/failed, best value")
+    p = sub.add_parser("studies", help="table of studies: trials done/running/failed, best value",
+                       description="One row per dal-search study in --storage: its trials by state (complete, "
+                                   "running, pruned, failed, waiting), the best value (the campaign's selection "
+                                   "metric, the noisy validation accuracy by default) and the trial that has it. "
+                                   "Reads only: a storage that does not exist is an error, never created.")
     _storage_arg(p)
-    p.add_argument("--campaign", default=None)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--campaign", default=None, metavar="NAME", help="only this campaign's studies (default: all)")
+    p.add_argument("--json", action="store_true", help="machine-readable output: every column, one object per study")
     p.set_defaults(func=cmd_studies)
 
     p = sub.add_parser("export", help="write the best trial(s) as YAML/JSON configs with provenance",
                        description="Export the best trial of --study, or of every study of --campaign, as a file "
                                    "that 'dal-search train --config FILE' re-runs exactly.")
     _storage_arg(p)
-    p.add_argument("--study", default=None)
-    p.add_argument("--campaign", default=None)
+    p.add_argument("--study", default=None, metavar="NAME",
+                   help="one study, e.g. quick/dal/digits/symmetric-0.4 ('dal-search studies' lists them)")
+    p.add_argument("--campaign", default=None, metavar="NAME", help="every study of this campaign, one document each")
     p.add_argument("--out", "-o", required=True, help="output file (.yaml, .yml or .json)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("report", help="standalone HTML report (+PNGs) of a campaign; also pushed to the dashboard")
+    p = sub.add_parser("report", help="standalone HTML report (+PNGs) of a campaign; also pushed to the dashboard",
+                       description="Draw a campaign's figures (DAL vs the baselines, q_s x q_e surfaces, schedule "
+                                   "shapes, importances, the best trial's curves) and its findings, each "
+                                   "comparison with n seeds, a 95 % interval and a verdict, into one HTML file "
+                                   "that opens with no network; optionally PNGs (kaleido, or Debian's chromium "
+                                   "driven by playwright); and save them into the studies so optuna-dashboard "
+                                   "shows them. A figure the trials cannot support says why instead.")
     _storage_arg(p)
-    p.add_argument("--campaign", default=None)
-    p.add_argument("--out", "-o", default="runs/report.html")
-    p.add_argument("--png-dir", default=None, help="also write each figure as a PNG here")
+    p.add_argument("--campaign", default=None, metavar="NAME", help="the campaign to report on (default: all studies)")
+    p.add_argument("--out", "-o", default="runs/report.html", help="the HTML file (default: runs/report.html)")
+    p.add_argument("--png-dir", default=None, metavar="DIR",
+                   help="also write each figure as a PNG here (needs kaleido, or playwright and Debian's chromium)")
     p.add_argument("--no-dashboard", action="store_true", help="do not save the figures into the studies")
     p.set_defaults(func=cmd_report)
 
@@ -261,7 +273,7 @@ def register(sub) -> None:
                                    "Read-only unless --allow-writes: any request but GET/HEAD is refused (403).")
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="TCP port, 1..65535 (default: 8080)")
     p.add_argument("--token", default=None,
                    help="the token clients must send (default: $DAL_SEARCH_DASHBOARD_TOKEN, else a fresh one printed "
                         "in the start-up URL); prefer the variable, a command line is visible to 'ps'")
@@ -269,10 +281,14 @@ def register(sub) -> None:
                    help="let clients with the token write: notes, renaming, deleting studies (default: read-only)")
     p.set_defaults(func=cmd_dashboard)
 
-    p = sub.add_parser("storage-proxy", help="serve a storage over Optuna's gRPC proxy (grpc://HOST:PORT) for large pools")
+    p = sub.add_parser("storage-proxy", help="serve a storage over Optuna's gRPC proxy (grpc://HOST:PORT) for large pools",
+                       description="Serve --storage over Optuna's gRPC storage proxy, so that many workers share one "
+                                   "small database connection pool: point them at --storage grpc://HOST:PORT. The "
+                                   "proxy has no authentication: keep it on 127.0.0.1 or a private network (see "
+                                   "the README's Security section).")
     _storage_arg(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=13000)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=13000, help="TCP port, 1..65535 (default: 13000)")
     p.set_defaults(func=cmd_storage_proxy)
 
 
