@@ -298,4 +298,10 @@ def _register_pool(sub) -> None:
     register_pool(sub)
 
 
-REGISTER = [register, _register_pool]
+def _register_tune(sub) -> None:
+    from dal_search.search.tune import register as register_tune
+
+    register_tune(sub)
+
+
+REGISTER = [register, _register_pool, _register_tune]

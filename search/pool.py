@@ -23,7 +23,7 @@ import secrets
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 
 def _actor_class():
@@ -78,22 +78,8 @@ def run_pool(storage_url: str, campaign: str | None, *, workers: int = 2, num_gp
     heartbeat = heartbeat_settings()  # DAL_SEARCH_HEARTBEAT / _GRACE, handed to every actor
     storage = open_storage(storage_url, heartbeat_interval=heartbeat[0], grace_period=heartbeat[1])
     names = campaign_study_names(storage, campaign)
-    owns_ray = not ray.is_initialized()
-    secured = contextlib.ExitStack()
-    if owns_ray:
-        if address is None:  # "local": never join a cluster found through RAY_ADDRESS or a `ray start` file
-            secured.enter_context(_private_cluster_env())
-        try:
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
-                     runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [
-                         _project_root(), os.environ.get("PYTHONPATH")]))}})
-            if address is None:
-                _check_loopback(ray.get_runtime_context().gcs_address)
-        except BaseException:
-            if ray.is_initialized():
-                ray.shutdown()
-            secured.close()
-            raise
+    cluster = contextlib.ExitStack()
+    cluster.enter_context(ray_cluster(address))
     bar = None
     try:
         Worker = _actor_class().options(num_cpus=num_cpus, num_gpus=num_gpus)
@@ -123,9 +109,37 @@ def run_pool(storage_url: str, campaign: str | None, *, workers: int = 2, num_gp
     finally:
         if bar is not None:
             bar.close()
-        if owns_ray:
-            ray.shutdown()
-            secured.close()
+        cluster.close()
+
+
+@contextlib.contextmanager
+def ray_cluster(address: str | None, env_vars: dict[str, str] | None = None,
+                num_cpus: float | None = None) -> Iterator[None]:
+    """Ray for one command (the pool, `dal-search tune`), shut down when the block ends: without `address` a
+    private cluster on 127.0.0.1 with token auth (see the module docstring), never one found through
+    RAY_ADDRESS or a `ray start` file; with `address` ("HOST:PORT" or "auto") that cluster, joined as it is.
+    A Ray this process started already is used as it is and left running. `env_vars` reach every Ray worker
+    process, beside a PYTHONPATH that holds this code. `num_cpus` caps a private cluster's CPUs (default: the
+    machine's)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    with contextlib.ExitStack() as secured:
+        if address is None:
+            secured.enter_context(_private_cluster_env())
+        try:
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
+                     **({"num_cpus": num_cpus} if num_cpus is not None and address is None else {}),
+                     runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [
+                         _project_root(), os.environ.get("PYTHONPATH")])), **(env_vars or {})}})
+            if address is None:
+                _check_loopback(ray.get_runtime_context().gcs_address)
+            yield
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

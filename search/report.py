@@ -42,6 +42,8 @@ def figures(storage: optuna.storages.BaseStorage, campaign: str | None) -> list[
         ("Sensitivity to q_s x q_e (open question 3)", lambda: analysis.sensitivity_surface(studies)),
         ("Schedule shapes (open question 1)", lambda: analysis.schedule_comparison(studies)),
     ]
+    if analysis.has_learned(studies):
+        items.append(("Learned schedules (PBT, open question 1)", lambda: analysis.learned_schedules(studies)))
     best_dal = _best_trial([s for s in studies if s.user_attrs.get("arm") == "dal"])
     if best_dal is not None:
         study, trial = best_dal

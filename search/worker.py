@@ -336,6 +336,8 @@ def run_worker(storage: optuna.storages.BaseStorage, campaign: str | None = None
     studies: dict[str, optuna.Study] = {}
     for name in names:
         attrs = retrying(lambda: storage.get_study_user_attrs(storage.get_study_id_from_name(name)))
+        if attrs.get("scheduler") == "pbt":  # a PBT population's slots: only `dal-search tune` runs them
+            continue
         studies[name] = retrying(optuna.load_study, study_name=name, storage=storage,
                                  sampler=make_sampler(attrs.get("sampler", "tpe"), rng.randrange(2**31)),
                                  pruner=make_pruner(attrs.get("pruner", "none")))

@@ -5,8 +5,13 @@ One document per study:
     train_config:  the best trial's full TrainConfig (its first seed), every field spelled out
     provenance:    study, trial_number, value, metric, direction, campaign, arm, dataset, noise, noise_rate
                    (nominal), realized_rate, label_hash, seeds, per_seed, test_acc / best_test_acc, device,
-                   wall_time, params, retry_of, completed, exported, dal_search_version, git_sha, git_dirty,
-                   versions (python, torch, torchvision, numpy, optuna, scikit-learn)
+                   wall_time, params, retry_of, [pbt], completed, exported, dal_search_version, git_sha,
+                   git_dirty, versions (python, torch, torchvision, numpy, optuna, scikit-learn)
+
+A schedule learned by Population Based Training (`dal-search tune --scheduler pbt`) is exported as it is
+stored: `schedule: explicit` with its per-epoch `q_schedule` and `lam_schedule` in train_config, and `pbt`
+(the q and lambda its lineage started from, and where it copied another member and was perturbed) in the
+provenance.
 
 git_sha is the commit of the code's own checkout, or "unknown" when the code is not in one (an installed
 wheel, an sdist or a tarball, or no git on the PATH); git_dirty is then null.
@@ -130,6 +135,7 @@ def best_document(storage: optuna.storages.BaseStorage, frozen_study: Any,
             "test_acc": ua.get("test_acc"), "best_test_acc": ua.get("best_test_acc"),
             "device": ua.get("device"), "wall_time": ua.get("wall_time"), "params": dict(best.params),
             "retry_of": best.system_attrs.get("failed_trial"),
+            **({"pbt": ua["pbt"]} if "pbt" in ua else {}),  # a learned schedule: how its lineage was perturbed
             "completed": best.datetime_complete.isoformat() if best.datetime_complete else None,
             "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "dal_search_version": _version("dal-search"), "git_sha": sha, "git_dirty": dirty,
