@@ -56,6 +56,8 @@ _FLAG_HELP = {
     "device": "auto (CUDA when visible), cpu or cuda",
     "train_size": "train on a stratified subset of this many images of the training pool, the same images for "
                   "every seed (default: None, all)",
+    "graphs": "auto (CUDA graphs on a GPU, eager elsewhere), on (refused where they cannot run) or off: capture "
+              "the whole training step once and replay it (default: auto)",
     "image_size": "resize the images of a folder:PATH dataset to this many pixels per side (default: None, "
                   "they must all have one size)",
 }
