@@ -122,7 +122,7 @@ def train(config: TrainConfig, report: Report | None = None, checkpoint: Checkpo
     # --- resume: a checkpoint holds every state the later epochs depend on (objectives/checkpoint.py), so a run
     # resumed after epoch k trains epochs k+1.. exactly as one that never stopped
     run_state = RunState(model, optimizer, lr_schedule, loss_fn.state, schedule, generator, history)
-    start = checkpoint.resume(config, run_state) if checkpoint is not None else 0
+    first_epoch = checkpoint.resume(config, run_state) if checkpoint is not None else 0
     status_signal = history["train_acc"][-1] if history["train_acc"] else None  # the previous epoch's
     status, reason = "ok", ""
     # --- on CUDA the step is captured once as a CUDA graph and replayed (objectives/graphs.py): the same step
@@ -132,7 +132,7 @@ def train(config: TrainConfig, report: Report | None = None, checkpoint: Checkpo
                                          _crop_flip if augment else None, use_amp)
 
     # --- the epochs
-    for epoch in range(start, config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         q, lam = schedule(epoch, status_signal)
         lr_now = optimizer.param_groups[0]["lr"]
         model.train()
