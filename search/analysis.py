@@ -335,9 +335,10 @@ def sensitivity_surface(studies: list[optuna.Study], key: str = "test_acc") -> g
              f"n={hi} seeds per point" if lo == hi else f"n={lo}-{hi} seeds per point")
     pooled = any(p.shape is None for p in panels)
     fig.update_layout(
-        title=f"Sensitivity of DAL to q_s x q_e ({key}, mean over seeds; {seeds}; star: best on {sel})"
-              + ("<br>panels marked 'shapes pooled' mix schedule shapes" if pooled else ""),
-        height=460, width=max(500, 360 * len(panels)))
+        title=f"Sensitivity of DAL to q_s x q_e ({key}, mean over seeds)<br><sup>{seeds}; star: the best point "
+              f"on {sel}" + ("; panels marked 'shapes pooled' mix schedule shapes" if pooled else "") + "</sup>",
+        legend={"orientation": "h", "x": 0, "y": -0.22}, margin={"t": 90},
+        height=480, width=max(500, 360 * len(panels)))
     return fig
 
 

@@ -76,7 +76,7 @@ def test_surface_grid_cells_are_seed_means_with_spread(storage):
     # the best point is starred: chosen on the studies' value (the selection metric), here (1.0, 2.0)
     stars = [t for t in fig.data if t.type == "scatter" and t.marker.symbol == "star"]
     assert len(stars) == 2 and (stars[0].x[0], stars[0].y[0]) == (1.0, 2.0)
-    assert "best on noisy validation accuracy" in fig.layout.title.text
+    assert "star: the best point on noisy validation accuracy" in fig.layout.title.text
     # both panels share one colour scale so that rates compare by colour
     assert heat[0].zmin == heat[1].zmin and heat[0].zmax == heat[1].zmax
     assert heat[1].zmin == pytest.approx(min(v[0] - 0.3 for v in grid.values()))
