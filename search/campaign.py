@@ -425,22 +425,16 @@ def _lay_combinations(study: optuna.Study, space: dict[str, Any], budget: int) -
     the same on every re-run). Retry slots of failed trials keep their params and do not count."""
     import random
 
-    from dal_search.storage.locks import storage_lock, supports_lock
+    from dal_search.search.slots import slot_lock
 
     points = all_grid_points(space)
     if budget < len(points):
         random.Random(study.study_name).shuffle(points)
-
-    def lay() -> int:
+    with slot_lock(study):  # the lock top_up counts and lays under
         slots = [t for t in study.get_trials(deepcopy=False) if "failed_trial" not in t.system_attrs]
         for i in range(len(slots), budget):
             study.enqueue_trial(points[i], user_attrs={"slot": i}, skip_if_exists=False)
         return max(0, budget - len(slots))
-
-    if not supports_lock(study._storage):
-        return lay()
-    with storage_lock(study._storage, f"slots:{study.study_name}"):
-        return lay()
 
 
 def top_up(study: optuna.Study, budget: int, grid_points: list[dict[str, Any]] | None = None) -> int:
