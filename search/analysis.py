@@ -42,12 +42,28 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
+from dal_search.objectives.registry import NameView, TitleView
 from dal_search.search import stats
 from dal_search.search.stats import Comparison
 
 MIN_TRIALS = 3
-ARM_NAMES = {"ce": "CE", "mae": "MAE", "gce": "GCE", "sce": "SCE", "nce_rce": "NCE+RCE", "dal": "DAL"}
-SHAPE_ORDER = ["linear", "cosine", "exponential", "step", "adaptive"]
+
+
+def _losses():
+    from dal_search.objectives.losses import LOSSES
+
+    return LOSSES
+
+
+def _shapes():
+    from dal_search.objectives.schedules import SCHEDULES
+
+    return SCHEDULES
+
+
+# Titles and order come from the registries, read when first used (a loss registered later shows up too).
+ARM_NAMES = TitleView(_losses)
+SHAPE_ORDER = NameView(_shapes)
 
 # How a finding names what a selection rests on, and what a compared number is.
 SELECTED_ON = {
@@ -100,9 +116,24 @@ def selection_metric(studies: Iterable[optuna.Study]) -> str:
     return " / ".join(metrics)
 
 
+# Under partial labels a validation accuracy is covering accuracy: the prediction falls in the candidate set.
+SELECTED_ON_PARTIAL = {
+    "val_acc": "covering accuracy on the validation split (candidate sets)",
+    "best_val_acc": "best-epoch covering accuracy on the validation split (candidate sets)",
+}
+
+
 def selected_on(studies: Iterable[optuna.Study]) -> str:
-    """Words for what the studies' selections rest on, e.g. 'noisy validation accuracy'."""
-    return " / ".join(SELECTED_ON.get(m, m) for m in selection_metric(studies).split(" / "))
+    """Words for what the studies' selections rest on, e.g. 'noisy validation accuracy' (for partial labels:
+    'covering accuracy on the validation split'); different words of different studies are joined by ' / '."""
+    words: list[str] = []
+    for s in studies:
+        m = s.user_attrs.get("metric", "val_acc")
+        w = (SELECTED_ON_PARTIAL if s.user_attrs.get("noise") == "partial" else SELECTED_ON).get(m) \
+            or SELECTED_ON.get(m, m)
+        if w not in words:
+            words.append(w)
+    return " / ".join(words) or SELECTED_ON["val_acc"]
 
 
 def _need(trials: list, study_names: str, at_least: int = MIN_TRIALS, what: str = "this figure") -> None:

@@ -42,12 +42,19 @@ def _cell(values: list[float], n: int | None = None) -> str:
     return f"{100 * mean:.1f} ± {100 * sd:.1f}" + (f" (n={len(values)})" if n is not None and len(values) != n else "")
 
 
+def _noise_title(kind: str) -> str:
+    """A noise kind as its registry titles it ('partial labels' for partial)."""
+    from dal_search.objectives.noise import NOISE_KINDS
+
+    return NOISE_KINDS.titles().get(kind, kind)
+
+
 def _condition(attrs: dict[str, Any]) -> str:
-    return f"{attrs['noise']} {int(round(100 * attrs['noise_rate']))} %"
+    return f"{_noise_title(attrs['noise'])} {int(round(100 * attrs['noise_rate']))} %"
 
 
 def _cond_label(c: analysis.Cond) -> str:
-    return f"{c[1]} {int(round(100 * c[2]))} %"
+    return f"{_noise_title(c[1])} {int(round(100 * c[2]))} %"
 
 
 def _cond_key(c: tuple) -> tuple:
