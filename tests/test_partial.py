@@ -173,5 +173,5 @@ def test_the_open_question_2_campaigns_pose_the_issue():
         assert fixed.arms["dal"] == {"q_start": 0.6, "q_end": 1.5} and fixed.arms["gce"] == {"q": 0.7}
         searched = next(c for c in mine if c.sampler == "tpe")
         assert set(searched.arms) == {"dal"} and {"q_start", "q_end", "schedule", "bootstrap"} <= set(searched.arms["dal"])
-        assert searched.budget("dal") >= 20
+        assert searched.budget("dal") >= 8  # Fashion-MNIST affords 8 trials of 3 seeds on 2 cores; digits 20
         assert len({json.dumps(c.train, sort_keys=True) for c in mine}) == 1  # every arm trains alike
