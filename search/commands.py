@@ -161,6 +161,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_writable(args.out, "report file")  # before drawing, not after it
     if args.png_dir:
         check_writable_dir(args.png_dir, "--png-dir")
+        from dal_search.search.report import NoRenderer, png_renderer
+
+        try:  # before any drawing: a missing renderer is the user's to fix, not a silent "no PNGs"
+            png_renderer()
+        except NoRenderer as e:
+            raise UserError(str(e)) from None
     storage = _open(args)
     try:
         figs = figures(storage, args.campaign)

@@ -10,6 +10,7 @@ places.
 from __future__ import annotations
 
 import html
+import os
 import re
 import shutil
 import sys
@@ -116,30 +117,48 @@ def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:60]
 
 
-def write_pngs(figs: list[tuple[str, go.Figure]], folder: Path) -> list[Path]:
-    """PNG of each figure: kaleido when installed, else headless Chromium (the Debian package) driven by
-    Playwright; with neither, a note and no PNGs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{i:02d}-{_slug(t)}.png" for i, (t, _) in enumerate(figs)]
+class NoRenderer(ValueError):
+    """No way to turn a figure into a PNG here; the message names the fix."""
+
+
+def png_renderer() -> str:
+    """'kaleido' or 'chromium': what `write_pngs` will use, or NoRenderer naming the fix. Chromium is
+    $DAL_SEARCH_CHROMIUM, else `chromium` on PATH, else /usr/bin/chromium, driven by playwright."""
     try:
         import kaleido  # noqa: F401
 
+        return "kaleido"
+    except ImportError:
+        pass
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        raise NoRenderer("no PNG renderer: install one with pip install 'dal-search[png]' (playwright) and "
+                         "apt-get install chromium, or pip install kaleido; or drop --png-dir") from None
+    if not Path(_chromium()).is_file():
+        raise NoRenderer(f"no PNG renderer: chromium not found at {_chromium()}; apt-get install chromium (or "
+                         f"set DAL_SEARCH_CHROMIUM to its path), or drop --png-dir")
+    return "chromium"
+
+
+def _chromium() -> str:
+    return os.environ.get("DAL_SEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def write_pngs(figs: list[tuple[str, go.Figure]], folder: Path) -> list[Path]:
+    """PNG of each figure: kaleido when installed, else headless Chromium (the Debian package) driven by
+    Playwright. Raises NoRenderer (naming the fix) when neither is there, before writing anything."""
+    renderer = png_renderer()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{i:02d}-{_slug(t)}.png" for i, (t, _) in enumerate(figs)]
+    if renderer == "kaleido":
         for (_, fig), p in zip(figs, paths):
             fig.write_image(str(p))
         return paths
-    except Exception:  # noqa: BLE001 - no kaleido, or kaleido without a browser: try Chromium
-        pass
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        print("report: no PNGs (install kaleido, or playwright with Debian's chromium)", file=sys.stderr)
-        return []
-    if not Path(chromium).exists():
-        print("report: no PNGs (no chromium found; apt-get install chromium)", file=sys.stderr)
-        return []
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
         page = browser.new_page()
         for (_, fig), path in zip(figs, paths):
             width, height = int(fig.layout.width or 900), int(fig.layout.height or 450)

@@ -4,6 +4,7 @@ studies give a "not enough trials" sentence instead of a crash, and the report/d
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -157,6 +158,19 @@ def test_report_cli_on_empty_storage_is_one_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "not enough trials" in lines[0] and "dal-search studies" in lines[0]
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_png_dir_without_a_renderer_is_one_line_before_any_work(tmp_path):
+    # no kaleido is installed here; a chromium path that does not exist leaves no renderer at all
+    db = tmp_path / "empty.db"
+    optuna.create_study(storage=f"sqlite:///{db}", study_name="unrelated")
+    r = subprocess.run([sys.executable, "-m", "dal_search", "report", "--storage", f"sqlite:///{db}", "--out",
+                        str(tmp_path / "r.html"), "--png-dir", str(tmp_path / "png")], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "DAL_SEARCH_CHROMIUM": str(tmp_path / "none")})
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no PNG renderer" in lines[0] and "apt-get install chromium" in lines[0]
+    assert not (tmp_path / "r.html").exists() and not any((tmp_path / "png").glob("*.png"))
 
 
 # ------------------------------------------------------------------ schedules, arms, findings
