@@ -615,7 +615,7 @@ def trial_curves(trial: FrozenTrial, title: str | None = None) -> go.Figure:
 # ---------------------------------------------------------------- Q1, learned: schedules found by PBT
 
 LEARNED = "explicit"  # the shape of a schedule given epoch by epoch, as PBT's members carry theirs
-_SHAPE_COLOURS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]  # one per SHAPE_ORDER entry
+_SHAPE_COLOURS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#bcbd22"]  # fixed shapes
 _LEARNED_COLOURS = ["#000000", "#d62728", "#e377c2"]  # the best learned schedule, then the next two
 
 
@@ -672,25 +672,26 @@ def learned_schedules(studies: list[optuna.Study], key: str = "test_acc", top: i
         if r.comparison is None:
             verdict = "no fixed-shape trial to compare with"
         else:
-            verdict = (f"learned - best fixed ({_shape(r.fixed)}), {KEY_WORDS.get(key, key)}: "
-                       f"{stats.cell(r.comparison)} pts, n={r.comparison.n}: {r.comparison.verdict}")
+            verdict = (f"learned - best fixed ({_shape(r.fixed)}): {stats.cell(r.comparison)} points of "
+                       f"{KEY_WORDS.get(key, key)}<br>n={r.comparison.n} seeds: {r.comparison.verdict}")
         cfg = (r.fixed.user_attrs.get("train_config") or {}) if r.fixed else {}
-        where = (f"fixed shapes at the best fixed trial's q_s {float(cfg.get('q_start', 0.6)):.3g}, "
-                 f"q_e {float(cfg.get('q_end', 1.5)):.3g}" if r.fixed else "fixed shapes at the paper's q_s 0.6, q_e 1.5")
+        where = (f"fixed shapes at the best fixed trial's<br>q_s {float(cfg.get('q_start', 0.6)):.3g}, "
+                 f"q_e {float(cfg.get('q_end', 1.5)):.3g}" if r.fixed else "fixed shapes at the paper's<br>q_s 0.6, q_e 1.5")
         titles += [f"{label(r.cond)}: q(t)<br><sup>{verdict}</sup>",
                    f"{label(r.cond)}: lambda(t) x bootstrap_scale<br><sup>{where}</sup>"]
-    fig = make_subplots(rows=len(results), cols=2, subplot_titles=titles, vertical_spacing=0.3 / len(results))
+    fig = make_subplots(rows=len(results), cols=2, subplot_titles=titles, vertical_spacing=0.35 / len(results),
+                        horizontal_spacing=0.08)
     for row, r in enumerate(results, start=1):
         cfg = (r.fixed or r.members[0]).user_attrs.get("train_config") or {}
         q_s, q_e = (float(cfg.get("q_start", 0.6)), float(cfg.get("q_end", 1.5))) if r.fixed else (0.6, 1.5)
         epochs = len(r.members[0].user_attrs["history"]["epoch"])
         scale = float(cfg.get("bootstrap_scale", 1.0)) if r.fixed else 1.0
-        for k, shape in enumerate(SHAPE_ORDER):
+        for k, shape in enumerate(sh for sh in SHAPE_ORDER if sh != LEARNED):
             pairs = dal_schedule(q_s, q_e, epochs, shape)
             for col, values in ((1, [q for q, _ in pairs]), (2, [scale * lam for _, lam in pairs])):
                 fig.add_trace(go.Scatter(x=list(range(epochs)), y=values, mode="lines", name=f"{shape} (fixed)",
                                          legendgroup=shape, showlegend=row == 1 and col == 1,
-                                         line={"dash": "dot", "width": 1.5, "color": _SHAPE_COLOURS[k]}),
+                                         line={"dash": "dot", "width": 1.5, "color": _SHAPE_COLOURS[k % len(_SHAPE_COLOURS)]}),
                               row=row, col=col)
         for i, m in enumerate(r.members[:top]):
             h, mcfg = m.user_attrs["history"], m.user_attrs.get("train_config") or {}
@@ -706,7 +707,8 @@ def learned_schedules(studies: list[optuna.Study], key: str = "test_acc", top: i
         fig.update_xaxes(title_text="epoch", row=row)
     fig.update_layout(title=f"Schedules learned by PBT (best {min(top, max(len(r.members) for r in results))} members "
                             f"per setting on {selected_on(studies)}) beside the fixed shapes (dotted)",
-                      height=120 + 330 * len(results), width=1150, legend={"font": {"size": 10}})
+                      height=140 + 360 * len(results), width=1150, legend={"font": {"size": 10}},
+                      margin={"t": 130})
     return fig
 
 

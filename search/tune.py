@@ -79,6 +79,8 @@ def _trainable(config: dict[str, Any], job: dict[str, Any]) -> None:
     from dal_search.search.worker import seed_row, trial_attrs
 
     torch.set_num_threads(job["threads"])
+    for name in ("ray.train", "ray.tune"):  # not a line per checkpoint saved or restored
+        logging.getLogger(name).setLevel(logging.WARNING)
     epochs, metric = job["epochs"], job["metric"]
     per_epoch = metric.replace("best_", "")
     folder = Path(tempfile.mkdtemp(prefix="dal-tune-"))

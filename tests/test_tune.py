@@ -108,3 +108,16 @@ def test_pbt_learns_a_schedule_that_export_and_train_rerun_exactly(tmp_path, ray
     from dal_search.storage import open_storage
 
     assert run_worker(open_storage(url), "pbt", worker_seed=0).total == 0
+
+
+def test_tune_mistakes_are_one_line_and_start_nothing(tmp_path, capsys, monkeypatch):
+    url = f"sqlite:///{tmp_path}/t.db"
+    path = _campaign(tmp_path, name="nodal", arms={"gce": {"q": 0.7}})
+    assert main(["tune", path, "--storage", url, "--scheduler", "pbt", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no DAL study" in err
+    assert main(["tune", path, "--storage", url, "--scheduler", "asha", "--reduction-factor", "1"]) == 2
+    assert "--reduction-factor must be > 1" in capsys.readouterr().err
+    monkeypatch.setenv("DAL_SEARCH_CHECKPOINT_SECONDS", "soon")
+    assert main(["worker", "--storage", url, "--campaign", "nodal", "--quiet"]) == 2
+    assert "DAL_SEARCH_CHECKPOINT_SECONDS='soon' is not a number" in capsys.readouterr().err
