@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -44,12 +43,9 @@ from torch.func import functional_call, stack_module_state, vmap
 from dal_search.objectives import graphs
 from dal_search.objectives.checkpoint import Checkpointer, RunState
 from dal_search.objectives.config import TrainConfig
-from dal_search.objectives.data import load_dataset, split_train_val, subset_indices
 from dal_search.objectives.losses import make_loss
-from dal_search.objectives.models import build_model, check_output
 from dal_search.objectives.schedules import make_schedule, schedule_options
-from dal_search.objectives.train import (EVAL_BATCH, _covers, _crop_flip, _label_truth, _noisy_labels, _pick_device,
-                                         _result, _strata)
+from dal_search.objectives.train import EVAL_BATCH, _covers, _crop_flip, _result, prepare
 
 # The fields in which fused members may differ: the loss and its schedule, the optimiser's settings, and how a
 # run is placed where that changes nothing it computes. Everything else (data, noise, seed, network, batch
@@ -117,48 +113,15 @@ def train_fused(configs: Sequence[TrainConfig | dict], reports: Sequence[Callabl
     checkpoints = list(checkpoints) if checkpoints is not None else [None] * k
     config = configs[0]
 
-    # --- setup: train()'s, step for step (seeds, device, data and noise, split, network), so that every member
-    # sees the batches, labels and initial weights its one-by-one run would
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    device = _pick_device(config.device)
-    use_amp = (device.type == "cuda") if config.amp is None else (config.amp and device.type == "cuda")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    data = load_dataset(config.dataset, root=config.data_dir, download=config.download, image_size=config.image_size)
-    pool = subset_indices(data.train_y.numpy(), config.train_size)
-    x_pool = data.train_x if pool is None else data.train_x[pool]
-    noisy_pool = _noisy_labels(config, data, pool, x_pool)
-    clean = data.clean_train_labels(config.noise)
-    clean_pool = None if clean is None else clean.numpy() if pool is None else clean.numpy()[pool]
-    train_idx, val_idx = split_train_val(_strata(noisy_pool, clean_pool), config.val_fraction, config.seed)
-    x_train = x_pool[train_idx].to(device)
-    y_train = torch.as_tensor(noisy_pool[train_idx], device=device)
-    is_noisy = holds_true = y_train_clean = None
-    if clean_pool is not None:
-        holds_true, is_noisy = (torch.as_tensor(a, device=device)
-                                for a in _label_truth(noisy_pool[train_idx], clean_pool[train_idx]))
-        y_train_clean = torch.as_tensor(clean_pool[train_idx], device=device)
-    x_val = x_pool[val_idx].to(device)
-    y_val = torch.as_tensor(noisy_pool[val_idx], device=device)
-    test_labels = data.clean_test_labels(config.noise)
-    x_test = (data.test_x if test_labels is not None else data.test_x[:0]).to(device)
-    y_test = None if test_labels is None else test_labels.to(device)
-    if device.type == "cuda" and x_train.dim() == 4:
-        x_train, x_val, x_test = (t.contiguous(memory_format=torch.channels_last) for t in (x_train, x_val, x_test))
-    n_train = len(train_idx)
-    n_noisy = int(is_noisy.sum()) if is_noisy is not None else 0
-    n_holds_true = int(holds_true.sum()) if holds_true is not None else 0
-    model_name = config.resolved_model(data.input_shape)
-    model = build_model(model_name, data.input_shape, data.num_classes).to(device)
-    if device.type == "cuda" and x_train.dim() == 4:
-        model = model.to(memory_format=torch.channels_last)
-    check_output(model, x_train[:2], data.num_classes, model_name)
+    # --- setup: train()'s own (seeds, device, data and noise, split, network), so that every member sees the
+    # batches, labels and initial weights its one-by-one run would
+    run = prepare(config)
+    device, use_amp, data, model = run.device, run.use_amp, run.data, run.model
+    x_train, y_train, x_val, y_val = run.x_train, run.y_train, run.x_val, run.y_val
+    x_test, y_test = run.x_test, run.y_test
+    is_noisy, holds_true, y_train_clean = run.is_noisy, run.holds_true, run.y_train_clean
+    n_train, n_noisy, n_holds_true = run.n_train, run.n_noisy, run.n_holds_true
+    noisy_pool, clean_pool = run.noisy_pool, run.clean_pool
 
     # --- the members: each its own network copy (to save), optimiser and LR schedule, loss and (q, lambda)
     # schedule; their weights and buffers stacked into one batched network

@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -56,56 +57,17 @@ def train(config: TrainConfig, report: Report | None = None, checkpoint: Checkpo
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
 
-    # --- setup: seeds, threads, device
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    device = _pick_device(config.device)
-    use_amp = (device.type == "cuda") if config.amp is None else (config.amp and device.type == "cuda")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    # --- setup: seeds, threads, device; the data and its label noise; the network (prepare(), below: the same
+    # for a fused run of several configs, so every run sees the batches, labels and initial weights it would alone)
+    run = prepare(config)
+    device, use_amp, data, model = run.device, run.use_amp, run.data, run.model
+    x_train, y_train, x_val, y_val = run.x_train, run.y_train, run.x_val, run.y_val
+    x_test, y_test = run.x_test, run.y_test
+    is_noisy, holds_true, y_train_clean = run.is_noisy, run.holds_true, run.y_train_clean
+    n_train, n_noisy, n_holds_true = run.n_train, run.n_noisy, run.n_holds_true
+    noisy_pool, clean_pool = run.noisy_pool, run.clean_pool
 
-    # --- data and label noise: a train_size subset of the training pool is taken first (the same images for
-    # every seed), the noise is drawn on that pool, then a stratified validation split is carved out. The test
-    # labels stay clean. A user's data may have no clean test labels (test metrics are then NaN) or unknown
-    # clean training labels (memorisation metrics NaN): see Dataset.clean_train_labels / clean_test_labels.
-    data = load_dataset(config.dataset, root=config.data_dir, download=config.download, image_size=config.image_size)
-    pool = subset_indices(data.train_y.numpy(), config.train_size)
-    x_pool = data.train_x if pool is None else data.train_x[pool]
-    noisy_pool = _noisy_labels(config, data, pool, x_pool)
-    clean = data.clean_train_labels(config.noise)
-    clean_pool = None if clean is None else clean.numpy() if pool is None else clean.numpy()[pool]
-    train_idx, val_idx = split_train_val(_strata(noisy_pool, clean_pool), config.val_fraction, config.seed)
-    x_train = x_pool[train_idx].to(device)
-    y_train = torch.as_tensor(noisy_pool[train_idx], device=device)
-    is_noisy = holds_true = y_train_clean = None
-    if clean_pool is not None:
-        # wrongly labelled: a wrong label, or a candidate set with a false class; holds_true: the labels hold
-        # the true class (a right label; every candidate set)
-        holds_true, is_noisy = (torch.as_tensor(a, device=device)
-                                for a in _label_truth(noisy_pool[train_idx], clean_pool[train_idx]))
-        y_train_clean = torch.as_tensor(clean_pool[train_idx], device=device)
-    x_val = x_pool[val_idx].to(device)
-    y_val = torch.as_tensor(noisy_pool[val_idx], device=device)
-    test_labels = data.clean_test_labels(config.noise)
-    x_test = (data.test_x if test_labels is not None else data.test_x[:0]).to(device)
-    y_test = None if test_labels is None else test_labels.to(device)
-    if device.type == "cuda" and x_train.dim() == 4:
-        x_train, x_val, x_test = (t.contiguous(memory_format=torch.channels_last) for t in (x_train, x_val, x_test))
-    n_train = len(train_idx)
-    n_noisy = int(is_noisy.sum()) if is_noisy is not None else 0
-    n_holds_true = int(holds_true.sum()) if holds_true is not None else 0
-
-    # --- network, optimiser, learning-rate schedule (the paper's: SGD + cosine annealing over the epochs)
-    model_name = config.resolved_model(data.input_shape)
-    model = build_model(model_name, data.input_shape, data.num_classes).to(device)
-    if device.type == "cuda" and x_train.dim() == 4:
-        model = model.to(memory_format=torch.channels_last)
-    check_output(model, x_train[:2], data.num_classes, model_name)  # a user's network: its output shape, now
+    # --- optimiser, learning-rate schedule (the paper's: SGD + cosine annealing over the epochs)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
@@ -190,6 +152,89 @@ def train(config: TrainConfig, report: Report | None = None, checkpoint: Checkpo
     facts = {"train_size": len(noisy_pool), "has_test_labels": y_test is not None,
              "has_clean_labels": clean_pool is not None, "data_source": data.source, "graphs": graphs_line}
     return _result(config, history, status, reason, noisy_pool, clean_pool, device, t_start, facts)
+
+
+@dataclass
+class Prepared:
+    """What a run sets up before its optimiser: the device, the data on it with its label noise and split, the
+    counts behind the memorisation metrics, and the network (initialised from the config's seed)."""
+
+    device: torch.device
+    use_amp: bool
+    data: Any
+    noisy_pool: np.ndarray
+    clean_pool: np.ndarray | None
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    is_noisy: torch.Tensor | None
+    holds_true: torch.Tensor | None
+    y_train_clean: torch.Tensor | None
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor | None
+    n_train: int
+    n_noisy: int
+    n_holds_true: int
+    model: torch.nn.Module
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Seeds, threads and device; the data and its label noise; the validation split; the network. Everything
+    a run does before its optimiser, in the order that fixes every random draw, so that train() and a fused
+    run of several configs (objectives/fused.py) start from the same state."""
+    # --- setup: seeds, threads, device
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    device = _pick_device(config.device)
+    use_amp = (device.type == "cuda") if config.amp is None else (config.amp and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # --- data and label noise: a train_size subset of the training pool is taken first (the same images for
+    # every seed), the noise is drawn on that pool, then a stratified validation split is carved out. The test
+    # labels stay clean. A user's data may have no clean test labels (test metrics are then NaN) or unknown
+    # clean training labels (memorisation metrics NaN): see Dataset.clean_train_labels / clean_test_labels.
+    data = load_dataset(config.dataset, root=config.data_dir, download=config.download, image_size=config.image_size)
+    pool = subset_indices(data.train_y.numpy(), config.train_size)
+    x_pool = data.train_x if pool is None else data.train_x[pool]
+    noisy_pool = _noisy_labels(config, data, pool, x_pool)
+    clean = data.clean_train_labels(config.noise)
+    clean_pool = None if clean is None else clean.numpy() if pool is None else clean.numpy()[pool]
+    train_idx, val_idx = split_train_val(_strata(noisy_pool, clean_pool), config.val_fraction, config.seed)
+    x_train = x_pool[train_idx].to(device)
+    y_train = torch.as_tensor(noisy_pool[train_idx], device=device)
+    is_noisy = holds_true = y_train_clean = None
+    if clean_pool is not None:
+        # wrongly labelled: a wrong label, or a candidate set with a false class; holds_true: the labels hold
+        # the true class (a right label; every candidate set)
+        holds_true, is_noisy = (torch.as_tensor(a, device=device)
+                                for a in _label_truth(noisy_pool[train_idx], clean_pool[train_idx]))
+        y_train_clean = torch.as_tensor(clean_pool[train_idx], device=device)
+    x_val = x_pool[val_idx].to(device)
+    y_val = torch.as_tensor(noisy_pool[val_idx], device=device)
+    test_labels = data.clean_test_labels(config.noise)
+    x_test = (data.test_x if test_labels is not None else data.test_x[:0]).to(device)
+    y_test = None if test_labels is None else test_labels.to(device)
+    if device.type == "cuda" and x_train.dim() == 4:
+        x_train, x_val, x_test = (t.contiguous(memory_format=torch.channels_last) for t in (x_train, x_val, x_test))
+    n_train = len(train_idx)
+    n_noisy = int(is_noisy.sum()) if is_noisy is not None else 0
+    n_holds_true = int(holds_true.sum()) if holds_true is not None else 0
+
+    # --- the network
+    model_name = config.resolved_model(data.input_shape)
+    model = build_model(model_name, data.input_shape, data.num_classes).to(device)
+    if device.type == "cuda" and x_train.dim() == 4:
+        model = model.to(memory_format=torch.channels_last)
+    check_output(model, x_train[:2], data.num_classes, model_name)  # a user's network: its output shape, now
+    return Prepared(device, use_amp, data, noisy_pool, clean_pool, x_train, y_train, is_noisy, holds_true,
+                    y_train_clean, x_val, y_val, x_test, y_test, n_train, n_noisy, n_holds_true, model)
 
 
 def _noisy_labels(config: TrainConfig, data, pool, x_pool) -> np.ndarray:
