@@ -471,6 +471,8 @@ def tune_study(study, scheduler: str, *, workers: int, num_cpus: float, num_gpus
                 break
             slots.append(trial_id)
             beats.add(trial_id)
+        if not slots:  # another process took the remaining slots meanwhile
+            return _summary(counts)
         resources = _resources(job, num_cpus, num_gpus)
         random.seed(seed)  # PBT's explore/exploit draws
         run_config.callbacks = [_members_callback(study, slots, beats, epochs, on_done)]
@@ -488,6 +490,8 @@ def tune_study(study, scheduler: str, *, workers: int, num_cpus: float, num_gpus
     with beats, warnings.catch_warnings():
         # the driver beats its trials' heartbeats itself (_Beats), not through Study.optimize
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        # the suggestion includes TPE's sampling and the storage's round trips, not only the space's definition
+        warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument")
         try:
             tuner.fit()
         finally:
