@@ -83,6 +83,7 @@ class Checkpointer:
         self.resumed_at = 0
         self.resumed_from: Path | None = None
         self.saved_epochs: list[int] = []
+        self.failed = False  # a save failed: no more are tried
         self._last_save = time.monotonic()
 
     # ------------------------------------------------------------ the trainer's two hooks
@@ -116,10 +117,24 @@ class Checkpointer:
     # ------------------------------------------------------------ files
 
     def save(self, epoch: int, config, state: RunState) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the checkpoint after `epoch`. A folder that cannot be written (permissions, a full disk) costs
+        the checkpoints, not the run: one warning, and this Checkpointer saves nothing more."""
+        if self.failed:
+            return
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        torch.save(_capture(epoch, config, state), tmp)
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(_capture(epoch, config, state), tmp)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            self.failed = True
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            log.warning("cannot save the checkpoint %s (%s); this run goes on without checkpoints",
+                        self.path, e.strerror or e)
+            return
         self.saved_epochs.append(epoch)
         self._last_save = time.monotonic()
 

@@ -55,6 +55,15 @@ def test_a_checkpoint_of_another_run_or_a_broken_file_is_not_used(tmp_path, capl
     assert broken.resumed_at == 0 and "unreadable" in caplog.text
 
 
+def test_a_folder_that_cannot_be_written_costs_the_checkpoints_not_the_run(tmp_path, caplog):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the checkpoint folder would be")
+    ck = Checkpointer(blocked / "run.pt", every_seconds=0)
+    result = train(TrainConfig(epochs=3, seed=0, threads=1), checkpoint=ck)
+    assert result["status"] == "ok" and ck.failed and ck.saved_epochs == []
+    assert caplog.text.count("cannot save the checkpoint") == 1
+
+
 def test_an_explicit_schedule_may_change_its_future_not_its_past(tmp_path, caplog):
     """How PBT resumes a member: the same run with new q and lambda for the epochs still to come."""
     q, lam = [0.6, 0.8, 1.0, 1.2], [0.0, 0.0, 0.2, 0.4]
