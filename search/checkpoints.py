@@ -8,8 +8,9 @@ seed's last epoch, to
     ROOT/STUDY/trial-N/seed-S.pt          STUDY the study name with '/' and other unsafe characters %-quoted
 
 ROOT is DAL_SEARCH_CHECKPOINT_DIR when set; else beside a file storage (`runs/x.db` -> `runs/x.db.checkpoints/`,
-a journal file likewise); else, for server storages (PostgreSQL, Redis, a gRPC proxy), `runs/checkpoints/` in
-the worker's working folder. DAL_SEARCH_CHECKPOINT_DIR=off turns checkpoints off.
+a journal file likewise); else, for server storages, `runs/checkpoints/` in the worker's working folder (for
+PostgreSQL a folder per database in it, `postgresql-HOST-PORT-DATABASE`). DAL_SEARCH_CHECKPOINT_DIR=off
+turns checkpoints off.
 
 A trial re-queued after its worker died (stale) or was interrupted is retried with the same params; the retry
 resumes each seed from the newest checkpoint along its chain (itself, then the trial it retries, then that
@@ -80,6 +81,10 @@ def checkpoint_root(storage: optuna.storages.BaseStorage) -> Path | None:
             isinstance(backend._backend, optuna.storages.journal.JournalFileBackend):
         path = Path(backend._backend._file_path)
         return path.with_name(path.name + ".checkpoints")
+    if isinstance(backend, optuna.storages.RDBStorage):  # one folder per database: studies share names across them
+        url = backend.engine.url
+        return Path("runs") / "checkpoints" / quote(f"{url.get_backend_name()}-{url.host}-{url.port}-{url.database}",
+                                                    safe="")
     return Path("runs") / "checkpoints"
 
 
