@@ -300,7 +300,10 @@ def _searcher_class():
             self.on_trial_result(trial_id, result or {})  # Tune hands the last result here only
             self._completed_trials.add(trial_id)
             ot_id = self._ot_trials[trial_id]._trial_id
-            if result is not None:
+            if error:  # the trainable raised or its actor died, after Tune's restarts: not an ASHA stop
+                result = {"failed": "the Tune trial raised or its Ray actor died, also after Tune's restarts (see "
+                                    "the error Tune printed)"}
+            elif result is not None:
                 result = {**result, "seeds": len(self._seeds)}
             state = _finish(self._ot_study, ot_id, result, self._epochs, "ASHA")
             self._beats.discard(ot_id)
