@@ -136,6 +136,12 @@ def selected_on(studies: Iterable[optuna.Study]) -> str:
     return " / ".join(words) or SELECTED_ON["val_acc"]
 
 
+def trial_history(trial: FrozenTrial) -> dict[str, list[float]] | None:
+    """A trial's per-epoch curves (its first seed): the system attr `dal:curves`, or the user attr `history`
+    of trials written before the curves moved out of the printed record."""
+    return trial.system_attrs.get("dal:curves") or trial.user_attrs.get("history")
+
+
 def _need(trials: list, study_names: str, at_least: int = MIN_TRIALS, what: str = "this figure") -> None:
     if len(trials) < at_least:
         raise NotEnoughTrials(f"not enough trials: {study_names} has {len(trials)} completed trial"
@@ -594,7 +600,7 @@ def importances(study: optuna.Study) -> go.Figure:
 
 
 def trial_curves(trial: FrozenTrial, title: str | None = None) -> go.Figure:
-    h = trial.user_attrs.get("history")
+    h = trial_history(trial)
     if not h or not h.get("epoch"):
         raise NotEnoughTrials(f"trial {trial.number} has no per-epoch history to plot")
     fig = make_subplots(rows=1, cols=3, subplot_titles=["q(t) and lambda(t)", "accuracy", "memorisation"])
@@ -684,7 +690,7 @@ def learned_schedules(studies: list[optuna.Study], key: str = "test_acc", top: i
     for row, r in enumerate(results, start=1):
         cfg = (r.fixed or r.members[0]).user_attrs.get("train_config") or {}
         q_s, q_e = (float(cfg.get("q_start", 0.6)), float(cfg.get("q_end", 1.5))) if r.fixed else (0.6, 1.5)
-        epochs = len(r.members[0].user_attrs["history"]["epoch"])
+        epochs = len(trial_history(r.members[0])["epoch"])
         scale = float(cfg.get("bootstrap_scale", 1.0)) if r.fixed else 1.0
         for k, shape in enumerate(sh for sh in SHAPE_ORDER if sh != LEARNED):
             pairs = dal_schedule(q_s, q_e, epochs, shape)
@@ -694,7 +700,7 @@ def learned_schedules(studies: list[optuna.Study], key: str = "test_acc", top: i
                                          line={"dash": "dot", "width": 1.5, "color": _SHAPE_COLOURS[k % len(_SHAPE_COLOURS)]}),
                               row=row, col=col)
         for i, m in enumerate(r.members[:top]):
-            h, mcfg = m.user_attrs["history"], m.user_attrs.get("train_config") or {}
+            h, mcfg = trial_history(m), m.user_attrs.get("train_config") or {}
             lam = [float(mcfg.get("bootstrap_scale", 1.0)) * v for v in h["lam"]]
             name = (f"learned #{i + 1}: trial {m.number} (selection value {m.value:.3f}; {KEY_WORDS.get(key, key)} "
                     f"{_mean_sd(_seed_values(m, key))})")

@@ -339,8 +339,11 @@ def study_attrs(camp: Campaign, c: Condition) -> dict[str, Any]:
         "campaign": camp.name, "arm": c.arm, "dataset": c.dataset, "noise": c.noise,
         "noise_rate": c.noise_rate, "metric": camp.metric, "seeds": camp.seeds,
         "base_config": camp.base_config(c).to_dict(), "space": camp.arms[c.arm], "budget": camp.budget(c.arm),
-        "sampler": camp.sampler, "pruner": camp.pruner, "campaign_spec": camp.to_dict(),
+        "sampler": camp.sampler, "pruner": camp.pruner, "requested_trials": camp.trials,
     }
+
+
+CAMPAIGN_SPEC_ATTR = "dal:campaign_spec"  # the whole campaign, a study SYSTEM attr: kept out of what Optuna prints
 
 
 def create_studies(storage: optuna.storages.BaseStorage, camp: Campaign) -> list[str]:
@@ -375,6 +378,7 @@ def create_studies(storage: optuna.storages.BaseStorage, camp: Campaign) -> list
         if c.study_name not in existing:
             for k, v in attrs.items():
                 study.set_user_attr(k, v)
+            study._storage.set_study_system_attr(study._study_id, CAMPAIGN_SPEC_ATTR, camp.to_dict())
         _lay_slots(study, camp, c, budget)
         names.append(c.study_name)
     return names
@@ -382,7 +386,9 @@ def create_studies(storage: optuna.storages.BaseStorage, camp: Campaign) -> list
 
 def _requested_trials(attrs: dict[str, Any]) -> Any:
     """The `budget.trials` the campaign that created a study asked for ('missing' when not recorded)."""
-    spec = attrs.get("campaign_spec")
+    if "requested_trials" in attrs:
+        return attrs["requested_trials"]
+    spec = attrs.get("campaign_spec")  # studies created before the spec moved out of the user attrs
     if not isinstance(spec, dict) or not isinstance(spec.get("budget"), dict):
         return "missing"
     return spec["budget"].get("trials")

@@ -44,9 +44,24 @@ from dal_search.storage.attrs import write_trial_results
 
 log = logging.getLogger("dal-search.worker")
 REPORTS_PER_TRIAL = 10
+# A trial's per-epoch curves (the trainer's history, its first seed) live in one trial SYSTEM attr, so that
+# `optuna best-trial` and the dashboard's attribute tables show a record that fits a screen; write_trial_results
+# stores every "dal:" key as a system attr. analysis.trial_history reads it (and the older user attr `history`).
+CURVES_ATTR = "dal:curves"
+
+
+EXACT_CURVES = ("epoch", "q", "lam", "lr")  # the schedule itself stays exact (a learned schedule is re-run from it)
+
+
+def compact_curves(history: dict[str, list[float]]) -> dict[str, list[float]]:
+    """The history with each measured value (accuracies, fits, the loss) to 6 significant digits, what a plot
+    or a table can show; the epoch and the schedule's q, lambda and lr stay exact."""
+    return {k: list(vals) if k in EXACT_CURVES else [float(f"{v:.6g}") for v in vals] for k, vals in history.items()}
+
+
 # What the data was, from the trainer's result (NaN metrics mean "unknown": no clean labels to measure with).
 DATA_FACTS = ("has_test_labels", "has_clean_labels", "train_size", "data_source")
-SEED_EXTRAS = ("candidate_set_size",)  # per seed, where the supervision kind has it (partial labels)
+SEED_EXTRAS = ("candidate_set_size",)  # per seed, where it says something (partial labels: sets of more than one)
 SUMMARY_KEYS = ("test_acc", "best_test_acc", "val_acc", "best_val_acc", "test_acc_at_best_val", "noisy_fit",
                 "clean_fit")
 
@@ -233,17 +248,17 @@ def seed_row(cfg: TrainConfig, result: dict[str, Any], checkpoint=None) -> dict[
             "label_hash": result["label_hash"], "wall_time": result["wall_time"],
             "resumed_at_epoch": checkpoint.resumed_at if checkpoint is not None else 0,
             **{key: result[key] for key in SUMMARY_KEYS},
-            **{key: result[key] for key in SEED_EXTRAS if key in result}}
+            **{key: result[key] for key in SEED_EXTRAS if result.get(key, 1.0) != 1.0}}
 
 
 def trial_attrs(configs: list[TrainConfig], per_seed: list[dict[str, Any]], first: dict[str, Any],
                 wall_time: float) -> dict[str, Any]:
     """A completed trial's user attrs (docs/CONTRACTS.md): its config, per-seed rows, their means and spreads,
-    and the first seed's history."""
+    and the first seed's per-epoch curves (as the system attr CURVES_ATTR, out of what Optuna clients print)."""
     attrs_out: dict[str, Any] = {
         "train_config": configs[0].to_dict(), "seeds": [c.seed for c in configs], "per_seed": per_seed,
         "realized_rate": first["realized_rate"], "label_hash": first["label_hash"], "device": first["device"],
-        "wall_time": wall_time, "history": first["history"],
+        "wall_time": wall_time, CURVES_ATTR: compact_curves(first["history"]),
     }
     attrs_out.update({key: first[key] for key in DATA_FACTS if key in first})
     for key in SUMMARY_KEYS:

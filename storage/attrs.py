@@ -15,30 +15,41 @@ from typing import Any
 import optuna
 
 
+SYSTEM_PREFIX = "dal:"  # keys written as trial SYSTEM attrs (bulky records Optuna clients need not print)
+
+
 def write_trial_results(storage: optuna.storages.BaseStorage, trial_id: int, attrs: dict[str, Any],
                         intermediate: dict[int, float] | None = None) -> None:
     """Set user attrs `attrs` and intermediate values `{step: value}` of a RUNNING trial, all or nothing on
-    RDB storages. Existing keys and steps are overwritten, as Optuna's per-key setters do."""
+    RDB storages. Keys starting with "dal:" (e.g. the per-epoch curves) become system attrs instead. Existing
+    keys and steps are overwritten, as Optuna's per-key setters do."""
     from optuna.storages._cached_storage import _CachedStorage
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
     intermediate = intermediate or {}
+    system = {k: v for k, v in attrs.items() if k.startswith(SYSTEM_PREFIX)}
+    attrs = {k: v for k, v in attrs.items() if not k.startswith(SYSTEM_PREFIX)}
     backend = storage._backend if isinstance(storage, _CachedStorage) else storage
     if not isinstance(backend, optuna.storages.RDBStorage):
         for step, value in sorted(intermediate.items()):
             storage.set_trial_intermediate_value(trial_id, step, value)
         for key, value in attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
+        for key, value in system.items():
+            storage.set_trial_system_attr(trial_id, key, value)
         return
-    attr_model, value_model = models.TrialUserAttributeModel, models.TrialIntermediateValueModel
+    value_model = models.TrialIntermediateValueModel
     with _create_scoped_session(backend.scoped_session, True) as session:
         trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
         backend.check_trial_is_updatable(trial_id, trial.state)
-        if attrs:
-            session.query(attr_model).filter(attr_model.trial_id == trial_id, attr_model.key.in_(list(attrs))) \
+        for attr_model, values in ((models.TrialUserAttributeModel, attrs),
+                                   (models.TrialSystemAttributeModel, system)):
+            if not values:
+                continue
+            session.query(attr_model).filter(attr_model.trial_id == trial_id, attr_model.key.in_(list(values))) \
                 .delete(synchronize_session=False)
-            session.add_all([attr_model(trial_id=trial_id, key=k, value_json=json.dumps(v)) for k, v in attrs.items()])
+            session.add_all([attr_model(trial_id=trial_id, key=k, value_json=json.dumps(v)) for k, v in values.items()])
         if intermediate:
             session.query(value_model).filter(value_model.trial_id == trial_id,
                                               value_model.step.in_(list(intermediate))) \

@@ -11,7 +11,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from dal_search.search.analysis import trial_history
 from dal_search.search.cli import main
+from dal_search.search.worker import compact_curves
 from tests.conftest import tiny_campaign
 
 pytestmark = pytest.mark.slow
@@ -48,7 +50,7 @@ def test_asha_stops_trials_that_fall_behind_and_each_is_a_trial_of_the_study(tmp
     trials = _trials(url, "asha/dal/digits/symmetric-0.4")
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
     done, stopped = trials[0], trials[1:]
-    assert done.params["lr"] == 0.05 and len(done.user_attrs["history"]["epoch"]) == 6
+    assert done.params["lr"] == 0.05 and len(trial_history(done)["epoch"]) == 6
     assert [r["seed"] for r in done.user_attrs["per_seed"]] == [0, 1] and done.user_attrs["epochs_trained"] == 12
     assert done.value == pytest.approx(sum(r["val_acc"] for r in done.user_attrs["per_seed"]) / 2)
     assert sorted(done.intermediate_values) == [1, 5]  # the rung at 2 epochs, then the end
@@ -63,7 +65,7 @@ def test_asha_stops_trials_that_fall_behind_and_each_is_a_trial_of_the_study(tmp
     assert main(["export", "--storage", url, "--campaign", "asha", "--out", str(out)]) == 0
     assert main(["train", "--config", str(out), "--quiet", "--json", str(tmp_path / "r.json")]) == 0
     capsys.readouterr()
-    assert json.loads((tmp_path / "r.json").read_text())["history"] == done.user_attrs["history"]
+    assert compact_curves(json.loads((tmp_path / "r.json").read_text())["history"]) == trial_history(done)
 
 
 def test_pbt_learns_a_schedule_that_export_and_train_rerun_exactly(tmp_path, ray_here, capsys):
@@ -77,7 +79,7 @@ def test_pbt_learns_a_schedule_that_export_and_train_rerun_exactly(tmp_path, ray
     members = study.get_trials()
     assert len(members) == 3 and all(t.state == TrialState.COMPLETE for t in members)
     for t in members:
-        cfg, h = t.user_attrs["train_config"], t.user_attrs["history"]
+        cfg, h = t.user_attrs["train_config"], trial_history(t)
         assert cfg["schedule"] == "explicit" and h["q"] == cfg["q_schedule"] and h["lam"] == cfg["lam_schedule"]
         assert all(0.3 <= q <= 2.0 for q in cfg["q_schedule"]) and all(0 <= v <= 1 for v in cfg["lam_schedule"])
         # constant within each perturbation interval of 2 epochs
@@ -91,14 +93,14 @@ def test_pbt_learns_a_schedule_that_export_and_train_rerun_exactly(tmp_path, ray
     assert doc["train_config"]["q_schedule"] == best.user_attrs["train_config"]["q_schedule"]
     assert main(["train", "--config", str(out), "--quiet", "--json", str(tmp_path / "r.json")]) == 0
     rerun = json.loads((tmp_path / "r.json").read_text())
-    assert rerun["history"] == best.user_attrs["history"] and rerun["val_acc"] == best.value  # bit for bit
+    assert compact_curves(rerun["history"]) == trial_history(best) and rerun["val_acc"] == best.value  # bit for bit
     copied = [t for t in members if t.user_attrs["pbt"]["exploits"]]  # a lineage that copied another member
     if copied:  # (nearly always, with 3 members and 2 intervals; PBT's timing decides)
         from dal_search.objectives.config import TrainConfig
         from dal_search.objectives.train import train
 
         again = train(TrainConfig.from_dict(copied[0].user_attrs["train_config"]))
-        assert again["history"] == copied[0].user_attrs["history"]
+        assert compact_curves(again["history"]) == trial_history(copied[0])
 
     assert main(["report", "--storage", url, "--campaign", "pbt", "--out", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
