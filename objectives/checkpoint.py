@@ -46,9 +46,10 @@ import torch
 
 log = logging.getLogger("dal-search.checkpoint")
 FORMAT = 1
-# Config fields a resume may change: where the data is read and how the run is placed, not what it computes
-# (explicit schedules are checked apart: their past must be the checkpoint's history).
-MAY_DIFFER = frozenset({"data_dir", "download", "device", "threads", "q_schedule", "lam_schedule"})
+# Config fields a resume may change: where the data is read and how the run is placed (the device, threads, a
+# captured or eager step: the same computation, to float rounding), not what it computes (explicit schedules are
+# checked apart: their past must be the checkpoint's history).
+MAY_DIFFER = frozenset({"data_dir", "download", "device", "threads", "graphs", "q_schedule", "lam_schedule"})
 
 
 @dataclass
