@@ -20,6 +20,19 @@ def _admin_connect():
                            connect_timeout=3)
 
 
+# Tests that start a Ray cluster run one after another on one xdist worker: two clusters at once on a 2-core
+# machine would only slow each other into their timeouts. Every other test is spread over the workers
+# (pyproject.toml: -n 2 --dist loadgroup; `-p no:xdist` runs everything in one process).
+RAY_TESTS = ("tests/test_pool.py::", "tests/test_tune.py::", "::test_compose_pool_runs_a_campaign",
+             "::test_local_pool_listens_on_loopback_only")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(key in item.nodeid for key in RAY_TESTS):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     try:
