@@ -46,7 +46,7 @@ _FLAG_HELP = {
     "q_end": "DAL q_e (q approached at the last epoch)",
     "bootstrap": "DAL bootstrap term: soft (entropy, paper's final form) or hard (argmax label)",
     "bootstrap_scale": "multiplies lambda(i); 1 is the paper",
-    "threads": "torch CPU threads",
+    "threads": "torch CPU threads (default: torch's own, usually one per core)",
     "amp": "bf16 autocast (default: on for CUDA, off on CPU)",
     "augment": "random crop + flip (default: the dataset's: on for CIFAR, off otherwise)",
     "lr": "SGD learning rate (default: the dataset's: 0.05 for digits, 0.01 otherwise, the paper's)",
