@@ -213,6 +213,51 @@ def best_params_table(storage, campaign: str) -> str:
     return "\n".join(rows)
 
 
+def _seed_hashes(t) -> dict[int, str]:
+    """{seed: hash of its noisy training labels} of a trial (empty for trials that did not record them)."""
+    return {int(p["seed"]): p["label_hash"] for p in t.user_attrs.get("per_seed") or []
+            if isinstance(p, dict) and p.get("label_hash")}
+
+
+def against_table(storage, campaign: str, other: str, key: str = "test_acc", label: str = "") -> str:
+    """Each DAL study's best trial in `campaign` (e.g. a TPE search) against every arm's best trial of `other`
+    (e.g. the paper-default campaign) at the same dataset and noise, paired by seed over the seeds both ran.
+    A pair counts only where both runs saw the same noisy labels (the recorded label hashes agree); when none
+    agree the cell says so instead of comparing."""
+    mine = [s for s in _studies(storage, campaign) if s.user_attrs.get("arm") == "dal"]
+    theirs: dict[tuple, dict[str, Any]] = defaultdict(dict)
+    for s in _studies(storage, other):
+        if (t := best_trial(s)) is not None:
+            theirs[analysis._cond(s)][s.user_attrs["arm"]] = t
+    arms = sorted({a for d in theirs.values() for a in d}, key=_arm_sort)
+    if not mine or not arms:
+        return f"(nothing to compare: {campaign!r} has no DAL study or {other!r} no completed trial)"
+    name = lambda a: f"{ARM_NAMES.get(a, a)} ({other})"  # noqa: E731
+    lines = [f"| {label or key}: best DAL trial of {campaign} − arm [95 % CI], verdict | "
+             + " | ".join(name(a) for a in arms) + " |", "|---|" + "---|" * len(arms)]
+    for study in sorted(mine, key=lambda s: _cond_key(analysis._cond(s))):
+        c, t = analysis._cond(study), best_trial(study)
+        if t is None:
+            continue
+        cells = []
+        for a in arms:
+            u = theirs[c].get(a)
+            if u is None:
+                cells.append("-")
+                continue
+            h1, h2 = _seed_hashes(t), _seed_hashes(u)
+            same = {s for s in set(h1) & set(h2) if h1[s] == h2[s]}
+            if (h1 and h2) and not same:
+                cells.append("not comparable: different noisy labels for every shared seed")
+                continue
+            mine_v = {s: v for s, v in seed_map(t, key).items() if not same or s in same}
+            their_v = {s: v for s, v in seed_map(u, key).items() if not same or s in same}
+            r = stats.compare(mine_v, their_v)
+            cells.append(f"{stats.cell(r)}, n={r.n}: {r.verdict}")
+        lines.append(f"| {_cond_label(c)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def campaign_tables(storage, campaign: str) -> str:
     """Every table that applies to `campaign`, as Markdown with short headings."""
     studies = _studies(storage, campaign)
@@ -254,6 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Markdown tables of campaign results, with 95 % intervals over seeds")
     ap.add_argument("--storage", required=True)
     ap.add_argument("campaigns", nargs="+")
+    ap.add_argument("--against", metavar="CAMPAIGN",
+                    help="also compare each campaign's best DAL trials with every arm of CAMPAIGN at the same "
+                         "noise, paired by seed (e.g. a TPE search against the paper-default campaign)")
     args = ap.parse_args(argv)
     try:
         storage = open_storage(args.storage, heartbeat_interval=None, for_workers=False)
@@ -263,6 +311,10 @@ def main(argv: list[str] | None = None) -> None:
     for c in args.campaigns:
         print(f"\n## {c}\n")
         print(campaign_tables(storage, c))
+        if args.against:
+            print(f"\n### Against {args.against} (best trials, paired by seed where the noisy labels agree)\n")
+            print("\n\n".join(against_table(storage, c, args.against, k, LABELS[k])
+                              for k in ("test_acc", "best_test_acc", "test_acc_at_best_val")))
 
 
 if __name__ == "__main__":

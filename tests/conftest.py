@@ -22,7 +22,7 @@ def _admin_connect():
 
 # Tests that start a Ray cluster run one after another on one xdist worker: two clusters at once on a 2-core
 # machine would only slow each other into their timeouts. Every other test is spread over the workers
-# (pyproject.toml: -n 2 --dist loadgroup; `-p no:xdist` runs everything in one process).
+# (pyproject.toml: -n 2 --dist loadgroup; `-n 0` runs everything in one process).
 RAY_TESTS = ("tests/test_pool.py::", "tests/test_tune.py::", "::test_compose_pool_runs_a_campaign",
              "::test_local_pool_listens_on_loopback_only")
 

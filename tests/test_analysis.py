@@ -21,9 +21,11 @@ from dal_search.search.analysis import NotEnoughTrials
 KEYS = ("test_acc", "best_test_acc", "val_acc", "best_val_acc", "test_acc_at_best_val", "noisy_fit", "clean_fit")
 
 
-def _attrs(test_accs: list[float], val: float | None = None) -> dict:
+def _attrs(test_accs: list[float], val: float | None = None, hashes: list[str] | None = None) -> dict:
     """User attrs in the shape the worker writes (search/worker.py): per-seed rows plus seed means."""
     rows = [{"seed": i, "status": "ok", **{k: a for k in KEYS}} for i, a in enumerate(test_accs)]
+    for row, h in zip(rows, hashes or []):
+        row["label_hash"] = h
     out = {"per_seed": rows, "seeds": list(range(len(test_accs)))}
     for k in KEYS:
         out[k] = statistics.fmean(test_accs)
@@ -33,7 +35,7 @@ def _attrs(test_accs: list[float], val: float | None = None) -> dict:
 
 
 def make_study(storage, arm: str, rate: float, trials: list[tuple[dict, list[float]]], *, noise="symmetric",
-               campaign="fab", state=TrialState.COMPLETE, values=None) -> optuna.Study:
+               campaign="fab", state=TrialState.COMPLETE, values=None, hashes=None) -> optuna.Study:
     name = f"{campaign}/{arm}/digits/{noise}-{rate}"
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
     for k, v in {"campaign": campaign, "arm": arm, "dataset": "digits", "noise": noise, "noise_rate": rate,
@@ -44,7 +46,7 @@ def make_study(storage, arm: str, rate: float, trials: list[tuple[dict, list[flo
                  if isinstance(v, str) else FloatDistribution(0.0, 3.0) for p, v in params.items()}
         value = (values[i] if values else statistics.fmean(accs)) if state == TrialState.COMPLETE else None
         study.add_trial(create_trial(state=state, value=value, params=params, distributions=dists,
-                                     user_attrs=_attrs(accs) if state == TrialState.COMPLETE else
+                                     user_attrs=_attrs(accs, hashes=hashes) if state == TrialState.COMPLETE else
                                      {"fail_reason": "seed 0: non-finite loss"}))
     return study
 
@@ -377,6 +379,35 @@ def test_tables_report_the_selected_trial_mean_and_std_in_percent(storage):
     assert lines[3] == "| DAL | - | 72.0 ± 2.8 |"  # the trial chosen on validation, not the test-best one
     grid = tables.grid_table(storage, "fab", 0.4).splitlines()
     assert grid[0] == "| q_s \\ q_e (n=2 seeds) | 1.5 |" and grid[2] == "| 0.5 | 85.0 ± 7.1 |"
+
+
+def test_tables_against_another_campaign_pair_by_seed_only_where_the_noisy_labels_agree(storage):
+    import math
+
+    from scipy.stats import t as student
+
+    from dal_search.search import tables
+
+    # campaign "tpe": two searched DAL trials (the second wins on validation); campaign "fab": CE and GCE
+    make_study(storage, "dal", 0.4, [({"q_start": 0.5}, [0.70, 0.71, 0.72]), ({"q_start": 0.7}, [0.80, 0.84, 0.82])],
+               campaign="tpe", values=[0.5, 0.6])
+    make_study(storage, "ce", 0.4, [({}, [0.75, 0.78, 0.76])])
+    make_study(storage, "gce", 0.4, [({}, [0.81, 0.80, 0.83])])
+    d = [0.80 - 0.75, 0.84 - 0.78, 0.82 - 0.76]  # paired by seed against CE
+    mean = sum(d) / 3
+    half = student.ppf(0.975, 2) * math.sqrt(sum((x - mean) ** 2 for x in d) / 2) / math.sqrt(3)
+    row = tables.against_table(storage, "tpe", "fab").splitlines()[2]
+    assert row.startswith("| symmetric 40 % | ")
+    assert f"{100 * mean:+.1f} [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}], n=3: better" in row
+    assert mean - half > 0 and "n=3: no detectable difference" in row  # GCE: +0.7 [-6.5, +7.8]
+
+    # seeds whose noisy labels differ between the campaigns are not pairs: a campaign with other labels is refused
+    make_study(storage, "dal", 0.4, [({"q_start": 0.7}, [0.80, 0.84, 0.82])], campaign="tpe2", hashes=["a", "b", "c"])
+    make_study(storage, "ce", 0.4, [({}, [0.75, 0.78, 0.76])], campaign="fab2", hashes=["x", "y", "z"])
+    make_study(storage, "gce", 0.4, [({}, [0.81, 0.80, 0.83])], campaign="fab2", hashes=["a", "b", "c"])
+    row = tables.against_table(storage, "tpe2", "fab2").splitlines()[2]
+    assert "not comparable: different noisy labels for every shared seed" in row
+    assert "n=3: no detectable difference" in row
 
 
 # ------------------------------------------------------------------ a real small campaign, end to end
