@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -76,6 +77,12 @@ def train(config: TrainConfig, report: Report | None = None, checkpoint: Checkpo
     # the training labels, on the device, and moves it on at each epoch's end
     loss_fn = make_loss(config, labels=y_train)
     schedule = make_schedule(config.q_start, config.q_end, config.epochs, config.schedule, **schedule_options(config))
+    if getattr(schedule, "needs_status", False) and NOISE_KINDS[config.noise].get("candidate_sets") \
+            and config.loss == "dal":
+        warnings.warn(f"schedule {config.schedule!r} reads the share of training samples that fit their given "
+                      f"labels, which under {config.noise!r} labels is the covering accuracy (high from the first "
+                      f"epoch): it bootstraps too early and collapsed in docs/RESULTS.md section 7; use a static "
+                      f"shape (linear, cosine, exponential, step)", stacklevel=2)
     augment = config.resolved_augment() and x_train.dim() == 4
 
     history: dict[str, list[float]] = {k: [] for k in (

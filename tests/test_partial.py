@@ -175,3 +175,14 @@ def test_the_open_question_2_campaigns_pose_the_issue():
         assert set(searched.arms) == {"dal"} and {"q_start", "q_end", "schedule", "bootstrap"} <= set(searched.arms["dal"])
         assert searched.budget("dal") >= 8  # Fashion-MNIST affords 8 trials of 3 seeds on 2 cores; digits 20
         assert len({json.dumps(c.train, sort_keys=True) for c in mine}) == 1  # every arm trains alike
+
+
+def test_the_adaptive_schedule_under_partial_labels_warns_and_static_shapes_do_not():
+    # adaptive reads the covering accuracy, high from the first epoch under candidate sets (docs/RESULTS.md 7)
+    with pytest.warns(UserWarning, match="covering accuracy"):
+        train(TrainConfig(loss="dal", schedule="adaptive", epochs=1, **BASE))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        train(TrainConfig(loss="dal", schedule="linear", epochs=1, **BASE))
+        train(TrainConfig(loss="dal", schedule="adaptive", epochs=1, **{**BASE, "noise": "symmetric"}))
