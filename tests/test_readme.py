@@ -1,4 +1,5 @@
-"""The README's Python snippets run as they are, and the public API is the small documented one."""
+"""The README's Python snippets run as they are, the public API is the small documented one, and docs/RESULTS.md
+names the campaign files that re-create it."""
 
 from __future__ import annotations
 
@@ -70,3 +71,17 @@ def test_dal_loss_module_equals_the_functional_loss_every_epoch():
         loss.set_epoch(8)
     with pytest.raises(ValueError, match="unknown schedule"):
         DALLoss(5, schedule="zigzag")
+
+
+def test_results_reproduce_table_names_every_campaign_file_with_its_campaign_name():
+    """docs/RESULTS.md's Reproduce table lists each file of docs/campaigns/ (but the tune ones, which have
+    their own script) with the name its studies carry; every file loads, and the names are distinct, as the
+    commands put every campaign into one storage."""
+    from dal_search.search.campaign import load_campaign
+
+    results = (ROOT / "docs" / "RESULTS.md").read_text()
+    listed = dict(re.findall(r"^\| ([\w-]+\.yaml) \| ([\w-]+) \| [\d,]+ \|", results, re.M))
+    files = sorted(p for p in (ROOT / "docs" / "campaigns").glob("*.yaml") if "tune" not in p.name)
+    names = {p.name: load_campaign(p).name for p in files}
+    assert listed == names
+    assert len(set(names.values())) == len(names)
