@@ -569,16 +569,24 @@ class SurfaceResult:
     worst: Point
     vs_runner_up: Comparison
     vs_worst: Comparison
+    default: Point | None = None  # the paper's (q_s, q_e), TrainConfig's defaults, where the panel has it
+    default_vs_best: Comparison | None = None  # default − best on `key`; None where absent or it is the best
 
 
 def surface_results(studies: Iterable[optuna.Study], key: str = "test_acc") -> list[SurfaceResult]:
+    from dal_search.objectives.config import TrainConfig
+
+    paper = TrainConfig()
     out = []
     for panel in surface_panels(studies):
         ranked = panel.ranked()
         best, runner, worst = ranked[0], ranked[1], ranked[-1]
         b = best.seeds(key)
+        default = next((p for p in ranked if math.isclose(p.q_start, paper.q_start)
+                        and math.isclose(p.q_end, paper.q_end)), None)
         out.append(SurfaceResult(panel, best, runner, worst, stats.compare(b, runner.seeds(key)),
-                                 stats.compare(b, worst.seeds(key))))
+                                 stats.compare(b, worst.seeds(key)), default,
+                                 stats.compare(default.seeds(key), b) if default not in (None, best) else None))
     return out
 
 

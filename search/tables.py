@@ -186,7 +186,8 @@ def surface_table(storage, campaign: str, key: str = "test_acc", label: str = ""
     results = sorted(analysis.surface_results(_studies(storage, campaign), key),
                      key=lambda r: _cond_key(r.panel.cond))
     lines = [f"| {label or key}: best q_s x q_e point | shape | points | best (selection value) | its {key} | "
-             f"vs runner-up [95 % CI], verdict | vs worst [95 % CI], verdict |", "|---|---|---|---|---|---|---|"]
+             f"vs runner-up [95 % CI], verdict | vs worst [95 % CI], verdict | paper default − best [95 % CI], "
+             f"verdict |", "|---|---|---|---|---|---|---|---|"]
 
     def q(p) -> str:
         return f"({p.q_start:.3g}, {p.q_end:.3g})"
@@ -197,8 +198,19 @@ def surface_table(storage, campaign: str, key: str = "test_acc", label: str = ""
             f"| {_cond_label(r.panel.cond)} | {shape} | {len(r.panel.points)} | {q(r.best)} "
             f"({r.panel.metric} {r.best.selection:.3f}) | {_cell(list(r.best.seeds(key).values()))} | "
             f"{q(r.runner_up)}: {stats.cell(r.vs_runner_up)}, n={r.vs_runner_up.n}: {r.vs_runner_up.verdict} | "
-            f"{q(r.worst)}: {stats.cell(r.vs_worst)}, n={r.vs_worst.n}: {r.vs_worst.verdict} |")
+            f"{q(r.worst)}: {stats.cell(r.vs_worst)}, n={r.vs_worst.n}: {r.vs_worst.verdict} | "
+            f"{_default_cell(r, q)} |")
     return "\n".join(lines)
+
+
+def _default_cell(r: analysis.SurfaceResult, q) -> str:
+    """The paper's default point against the best one, or why there is no comparison."""
+    if r.default is None:
+        return "not on the grid"
+    if r.default_vs_best is None:
+        return f"{q(r.default)} is the best point"
+    c = r.default_vs_best
+    return f"{q(r.default)}: {stats.cell(c)}, n={c.n}: {c.verdict}"
 
 
 def best_params_table(storage, campaign: str) -> str:
