@@ -772,7 +772,9 @@ def findings(studies: list[optuna.Study], key: str = "test_acc") -> list[str]:
             + stats.sentence("Best point", f"the runner-up on validation ({_q(r.runner_up)})", r.vs_runner_up,
                              what=what)
             + "; " + stats.sentence("best point", f"the worst on validation ({_q(r.worst)})", r.vs_worst,
-                                    what=what) + ".")
+                                    what=what) + "."
+            + (" " + stats.sentence(f"The paper's default ({_q(r.default)})", "the best point", r.default_vs_best,
+                                    what=what) + "." if r.default_vs_best is not None else ""))
     for r in shape_results(studies, key):
         means = ", ".join(f"{sh} {_pct(statistics.fmean(v.values()))} ({r.trials[sh]} trial"
                           f"{'s' if r.trials[sh] != 1 else ''})" if v else f"{sh} -" for sh, v in r.seeds.items())

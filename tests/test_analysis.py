@@ -319,6 +319,10 @@ def test_the_surface_table_compares_the_paper_default_point_with_the_best(storag
     mean = statistics.fmean(d) - statistics.fmean(b)
     assert rows[3].endswith(f"| (0.6, 1.5): {100 * mean:+.1f} [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}], "
                             f"n=3: worse |") and ci.high < 0
+    line = next(f for f in analysis.findings(analysis.campaign_studies(storage)) if f.startswith("symmetric 60 %"))
+    assert line.endswith(f"The paper's default (q_s=0.6, q_e=1.5) vs the best point: {100 * mean:+.1f} points of "
+                         f"test accuracy, 95 % CI [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}], n=3 seeds paired: "
+                         f"worse.")
 
 
 def test_importances_rank_the_knob_that_moves_accuracy(storage):
