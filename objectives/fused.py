@@ -31,7 +31,6 @@ from), never resumed here: a member with a checkpoint to resume trains alone (tr
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -45,7 +44,7 @@ from dal_search.objectives.checkpoint import Checkpointer, RunState
 from dal_search.objectives.config import TrainConfig
 from dal_search.objectives.losses import make_loss
 from dal_search.objectives.schedules import make_schedule, schedule_options
-from dal_search.objectives.train import EVAL_BATCH, _covers, _crop_flip, _result, prepare
+from dal_search.objectives.train import EVAL_BATCH, _covers, _crop_flip, _result, nonfinite_reason, prepare
 
 # The fields in which fused members may differ: the loss and its schedule, the optimiser's settings, and how a
 # run is placed where that changes nothing it computes. Everything else (data, noise, seed, network, batch
@@ -116,12 +115,9 @@ def train_fused(configs: Sequence[TrainConfig | dict], reports: Sequence[Callabl
     # --- setup: train()'s own (seeds, device, data and noise, split, network), so that every member sees the
     # batches, labels and initial weights its one-by-one run would
     run = prepare(config)
-    device, use_amp, data, model = run.device, run.use_amp, run.data, run.model
+    device, use_amp, model = run.device, run.use_amp, run.model
     x_train, y_train, x_val, y_val = run.x_train, run.y_train, run.x_val, run.y_val
-    x_test, y_test = run.x_test, run.y_test
-    is_noisy, holds_true, y_train_clean = run.is_noisy, run.holds_true, run.y_train_clean
-    n_train, n_noisy, n_holds_true = run.n_train, run.n_noisy, run.n_holds_true
-    noisy_pool, clean_pool = run.noisy_pool, run.clean_pool
+    x_test, y_test, n_train = run.x_test, run.y_test, run.n_train
 
     # --- the members: each its own network copy (to save), optimiser and LR schedule, loss and (q, lambda)
     # schedule; their weights and buffers stacked into one batched network
@@ -153,18 +149,9 @@ def train_fused(configs: Sequence[TrainConfig | dict], reports: Sequence[Callabl
         for i, m in enumerate(live):
             (q, lam), train_loss = qs_lams[i], train_losses[i]
             if not np.isfinite(train_loss):
-                m.status, m.done = "nonfinite", True
-                m.reason = (f"loss became {train_loss} at epoch {epoch} "
-                            f"(lr {m.config.resolved_lr()} may be too high for loss {m.config.loss!r})")
+                m.status, m.done, m.reason = "nonfinite", True, nonfinite_reason(m.config, train_loss, epoch)
                 continue
-            fits_given = _covers(preds[i], y_train)
-            train_acc = float(fits_given.float().mean())
-            if is_noisy is not None:
-                fits_clean = preds[i] == y_train_clean
-                noisy_fit = float((fits_given & ~fits_clean).sum()) / n_noisy if n_noisy else 0.0
-                clean_fit = float((fits_clean & holds_true).sum()) / max(1, n_holds_true)
-            else:
-                noisy_fit = clean_fit = float("nan")
+            train_acc, noisy_fit, clean_fit = run.fit_metrics(preds[i])
             m.status_signal = train_acc
             metrics = {"epoch": epoch, "q": float(q), "lam": float(lam), "lr": lrs[i], "train_loss": train_loss,
                        "train_acc": train_acc, "val_acc": val_accs[i], "test_acc": test_accs[i],
@@ -189,11 +176,9 @@ def train_fused(configs: Sequence[TrainConfig | dict], reports: Sequence[Callabl
                                 use_amp, device, n_train)
 
     # --- the results, each as its one-by-one run returns it
-    facts = {"train_size": len(noisy_pool), "has_test_labels": y_test is not None,
-             "has_clean_labels": clean_pool is not None, "data_source": data.source, "graphs": graphs_line,
-             "fused": k}
+    facts = {**run.facts(graphs_line), "fused": k}
     return [m.error if m.error is not None else
-            _result(m.config, m.history, m.status, m.reason, noisy_pool, clean_pool, device, t_start, facts)
+            _result(m.config, m.history, m.status, m.reason, run.noisy_pool, run.clean_pool, device, t_start, facts)
             for m in members]
 
 

@@ -61,12 +61,9 @@ def train(config: TrainConfig, report: Report | None = None, checkpoint: Checkpo
     # --- setup: seeds, threads, device; the data and its label noise; the network (prepare(), below: the same
     # for a fused run of several configs, so every run sees the batches, labels and initial weights it would alone)
     run = prepare(config)
-    device, use_amp, data, model = run.device, run.use_amp, run.data, run.model
+    device, use_amp, model = run.device, run.use_amp, run.model
     x_train, y_train, x_val, y_val = run.x_train, run.y_train, run.x_val, run.y_val
-    x_test, y_test = run.x_test, run.y_test
-    is_noisy, holds_true, y_train_clean = run.is_noisy, run.holds_true, run.y_train_clean
-    n_train, n_noisy, n_holds_true = run.n_train, run.n_noisy, run.n_holds_true
-    noisy_pool, clean_pool = run.noisy_pool, run.clean_pool
+    x_test, y_test, n_train = run.x_test, run.y_test, run.n_train
 
     # --- optimiser, learning-rate schedule (the paper's: SGD + cosine annealing over the epochs)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
@@ -130,18 +127,9 @@ def train(config: TrainConfig, report: Report | None = None, checkpoint: Checkpo
 
         train_loss = float(loss_sum) / n_train  # the one host read of the training pass
         if not np.isfinite(train_loss):
-            status = "nonfinite"
-            reason = (f"loss became {train_loss} at epoch {epoch} "
-                      f"(lr {config.resolved_lr()} may be too high for loss {config.loss!r})")
+            status, reason = "nonfinite", nonfinite_reason(config, train_loss, epoch)
             break
-        fits_given = _covers(preds, y_train)  # the given label, or a member of the candidate set
-        train_acc = float(fits_given.float().mean())
-        if is_noisy is not None:
-            fits_clean = preds == y_train_clean
-            noisy_fit = float((fits_given & ~fits_clean).sum()) / n_noisy if n_noisy else 0.0
-            clean_fit = float((fits_clean & holds_true).sum()) / max(1, n_holds_true)
-        else:  # which given labels are wrong is unknown: never invent it
-            noisy_fit = clean_fit = float("nan")
+        train_acc, noisy_fit, clean_fit = run.fit_metrics(preds)
         val_acc = _accuracy(model, x_val, y_val, use_amp, device)
         test_acc = _accuracy(model, x_test, y_test, use_amp, device) if y_test is not None else float("nan")
         status_signal = train_acc
@@ -156,9 +144,8 @@ def train(config: TrainConfig, report: Report | None = None, checkpoint: Checkpo
             report(epoch, metrics)
 
     # --- the result
-    facts = {"train_size": len(noisy_pool), "has_test_labels": y_test is not None,
-             "has_clean_labels": clean_pool is not None, "data_source": data.source, "graphs": graphs_line}
-    return _result(config, history, status, reason, noisy_pool, clean_pool, device, t_start, facts)
+    return _result(config, history, status, reason, run.noisy_pool, run.clean_pool, device, t_start,
+                   run.facts(graphs_line))
 
 
 @dataclass
@@ -184,6 +171,30 @@ class Prepared:
     n_noisy: int
     n_holds_true: int
     model: torch.nn.Module
+
+    def fit_metrics(self, preds: torch.Tensor) -> tuple[float, float, float]:
+        """One epoch's (train_acc, noisy_fit, clean_fit) from its training predictions (the module docstring's
+        definitions; NaN fits where which given labels are wrong is unknown: never invented)."""
+        fits_given = _covers(preds, self.y_train)  # the given label, or a member of the candidate set
+        train_acc = float(fits_given.float().mean())
+        if self.is_noisy is None:
+            return train_acc, float("nan"), float("nan")
+        fits_clean = preds == self.y_train_clean
+        noisy_fit = float((fits_given & ~fits_clean).sum()) / self.n_noisy if self.n_noisy else 0.0
+        clean_fit = float((fits_clean & self.holds_true).sum()) / max(1, self.n_holds_true)
+        return train_acc, noisy_fit, clean_fit
+
+    def facts(self, graphs_line: str) -> dict[str, Any]:
+        """What a result says about the data it ran on (and how its step ran)."""
+        return {"train_size": len(self.noisy_pool), "has_test_labels": self.y_test is not None,
+                "has_clean_labels": self.clean_pool is not None, "data_source": self.data.source,
+                "graphs": graphs_line}
+
+
+def nonfinite_reason(config: TrainConfig, train_loss: float, epoch: int) -> str:
+    """Why a run whose training loss stopped being finite ended early (its result's `reason`)."""
+    return (f"loss became {train_loss} at epoch {epoch} "
+            f"(lr {config.resolved_lr()} may be too high for loss {config.loss!r})")
 
 
 def prepare(config: TrainConfig) -> Prepared:
