@@ -1,7 +1,7 @@
 """What every `dal-search` command module shares: the user-error type, the --storage option and how a
 command opens it, and the checks made before any work starts (a writable output, a valid port).
 
-It imports nothing else of `search`, so `cli` (the parser and `main`), `commands` (the campaign commands)
+It imports nothing else of `search` at import time (a helper may import inside itself), so `cli` (the parser and `main`), `commands` (the campaign commands)
 and `pool` (the Ray pool) all import it and none of them imports another for a helper: cli -> commands ->
 pool -> _cli_common, no cycle.
 """
@@ -45,6 +45,26 @@ def open_from_args(args: argparse.Namespace):
     if getattr(args, "command", None) in READERS:
         return open_storage(url, heartbeat_interval=None, for_workers=False)
     return open_storage(url)
+
+
+def ray_campaign(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The storage URL and the campaign of a command that runs a campaign on Ray (pool, tune): a campaign file
+    given has its studies created first, else --campaign names studies already there. Then --workers and the
+    per-worker --num-gpus / --num-cpus are checked, before any Ray work."""
+    from dal_search.search.campaign import create_studies, load_campaign
+    from dal_search.storage import open_storage
+
+    url = args.storage or default_storage()
+    campaign = args.campaign
+    if args.campaign_file:
+        camp = load_campaign(args.campaign_file)
+        create_studies(open_storage(url), camp)
+        campaign = camp.name
+    if args.workers < 1:
+        raise UserError("--workers must be >= 1")
+    if args.num_gpus < 0 or args.num_cpus <= 0:
+        raise UserError("--num-gpus must be >= 0 and --num-cpus > 0")
+    return url, campaign
 
 
 def check_writable(path: str | os.PathLike, what: str) -> Path:

@@ -193,22 +193,9 @@ def _project_root() -> str:
 
 
 def cmd_pool(args) -> int:
-    from dal_search.search._cli_common import UserError
-    from dal_search.search._cli_common import default_storage as _default_storage
+    from dal_search.search._cli_common import ray_campaign
 
-    url = args.storage or _default_storage()
-    campaign = args.campaign
-    if args.campaign_file:
-        from dal_search.search.campaign import create_studies, load_campaign
-        from dal_search.storage import open_storage
-
-        camp = load_campaign(args.campaign_file)
-        create_studies(open_storage(url), camp)
-        campaign = camp.name
-    if args.workers < 1:
-        raise UserError("--workers must be >= 1")
-    if args.num_gpus < 0 or args.num_cpus <= 0:
-        raise UserError("--num-gpus must be >= 0 and --num-cpus > 0")
+    url, campaign = ray_campaign(args)
     t0 = time.perf_counter()
     results = run_pool(url, campaign, workers=args.workers, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
                        address=args.address, seed=args.seed, progress=not args.quiet)

@@ -594,22 +594,9 @@ def run_tune(storage_url: str, campaign: str | None, scheduler: str, *, workers:
 
 
 def cmd_tune(args) -> int:
-    from dal_search.search._cli_common import UserError
-    from dal_search.search._cli_common import default_storage
+    from dal_search.search._cli_common import UserError, ray_campaign
 
-    url = args.storage or default_storage()
-    campaign = args.campaign
-    if args.campaign_file:
-        from dal_search.search.campaign import create_studies, load_campaign
-        from dal_search.storage import open_storage
-
-        camp = load_campaign(args.campaign_file)
-        create_studies(open_storage(url), camp)
-        campaign = camp.name
-    if args.workers < 1:
-        raise UserError("--workers must be >= 1")
-    if args.num_gpus < 0 or args.num_cpus <= 0:
-        raise UserError("--num-gpus must be >= 0 and --num-cpus > 0")
+    url, campaign = ray_campaign(args)
     for flag, value in (("--grace-period", args.grace_period), ("--perturbation-interval", args.perturbation_interval)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be a number of epochs >= 1")
