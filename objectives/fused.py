@@ -43,8 +43,8 @@ from dal_search.objectives import graphs
 from dal_search.objectives.checkpoint import Checkpointer, RunState
 from dal_search.objectives.config import TrainConfig
 from dal_search.objectives.losses import make_loss
-from dal_search.objectives.schedules import make_schedule, schedule_options
-from dal_search.objectives.train import EVAL_BATCH, _covers, _crop_flip, _result, nonfinite_reason, prepare
+from dal_search.objectives.train import (EVAL_BATCH, _covers, _crop_flip, _result, nonfinite_reason, prepare,
+                                         run_schedule)
 
 # The fields in which fused members may differ: the loss and its schedule, the optimiser's settings, and how a
 # run is placed where that changes nothing it computes. Everything else (data, noise, seed, network, batch
@@ -188,7 +188,7 @@ def _member(config: TrainConfig, report, checkpoint, model: torch.nn.Module, y_t
                                 weight_decay=config.weight_decay)
     optimizer._opt_called = True  # its update runs on the stack: the LR schedule's "step order" warning is moot
     lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    schedule = make_schedule(config.q_start, config.q_end, config.epochs, config.schedule, **schedule_options(config))
+    schedule = run_schedule(config)
     history = {key: [] for key in ("epoch", "q", "lam", "lr", "train_loss", "train_acc", "val_acc", "test_acc",
                                    "noisy_fit", "clean_fit")}
     return _Member(config, report, checkpoint, shadow, optimizer, lr_schedule, make_loss(config, labels=y_train),

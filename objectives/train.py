@@ -73,13 +73,7 @@ def train(config: TrainConfig, report: Report | None = None, checkpoint: Checkpo
     # --- the loss and its per-epoch (q, lambda); a loss with per-sample state (PRODEN's weights) keeps it over
     # the training labels, on the device, and moves it on at each epoch's end
     loss_fn = make_loss(config, labels=y_train)
-    schedule = make_schedule(config.q_start, config.q_end, config.epochs, config.schedule, **schedule_options(config))
-    if getattr(schedule, "needs_status", False) and NOISE_KINDS[config.noise].get("candidate_sets") \
-            and config.loss == "dal":
-        warnings.warn(f"schedule {config.schedule!r} reads the share of training samples that fit their given "
-                      f"labels, which under {config.noise!r} labels is the covering accuracy (high from the first "
-                      f"epoch): it bootstraps too early and collapsed in docs/RESULTS.md section 7; use a static "
-                      f"shape (linear, cosine, exponential, step)", stacklevel=2)
+    schedule = run_schedule(config)
     augment = config.resolved_augment() and x_train.dim() == 4
 
     history: dict[str, list[float]] = {k: [] for k in (
@@ -189,6 +183,20 @@ class Prepared:
         return {"train_size": len(self.noisy_pool), "has_test_labels": self.y_test is not None,
                 "has_clean_labels": self.clean_pool is not None, "data_source": self.data.source,
                 "graphs": graphs_line}
+
+
+def run_schedule(config: TrainConfig):
+    """A run's per-epoch (q, lambda) schedule, as train() and each member of a fused run build it. A shape that
+    reads the learning status (adaptive) under candidate sets warns: there the status is the covering accuracy,
+    high from the first epoch, so it bootstraps too early (it collapsed in docs/RESULTS.md section 7)."""
+    schedule = make_schedule(config.q_start, config.q_end, config.epochs, config.schedule, **schedule_options(config))
+    if getattr(schedule, "needs_status", False) and NOISE_KINDS[config.noise].get("candidate_sets") \
+            and config.loss == "dal":
+        warnings.warn(f"schedule {config.schedule!r} reads the share of training samples that fit their given "
+                      f"labels, which under {config.noise!r} labels is the covering accuracy (high from the first "
+                      f"epoch): it bootstraps too early and collapsed in docs/RESULTS.md section 7; use a static "
+                      f"shape (linear, cosine, exponential, step)", stacklevel=3)
+    return schedule
 
 
 def nonfinite_reason(config: TrainConfig, train_loss: float, epoch: int) -> str:

@@ -181,6 +181,9 @@ def test_the_adaptive_schedule_under_partial_labels_warns_and_static_shapes_do_n
     # adaptive reads the covering accuracy, high from the first epoch under candidate sets (docs/RESULTS.md 7)
     with pytest.warns(UserWarning, match="covering accuracy"):
         train(TrainConfig(loss="dal", schedule="adaptive", epochs=1, **BASE))
+    from dal_search.objectives.fused import train_fused
+    with pytest.warns(UserWarning, match="covering accuracy"):  # a fused trial builds its schedule the same way
+        train_fused([TrainConfig(loss="dal", schedule=s, epochs=1, **BASE) for s in ("linear", "adaptive")])
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
