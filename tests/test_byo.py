@@ -18,7 +18,7 @@ import torch
 import yaml
 from PIL import Image
 
-from dal_search.objectives import data as data_mod
+from dal_search.objectives.data import _user as data_user  # where the memory budget is read
 from dal_search.objectives.config import ConfigError, TrainConfig
 from dal_search.objectives.data import DataError, clear_cache, has_clean_test_labels, load_dataset
 from dal_search.objectives.models import ModelError, build_model
@@ -129,7 +129,7 @@ def test_a_bad_image_folder_is_one_line(tmp_path, monkeypatch, damage, message):
     elif damage == "missing":
         top = tmp_path / "nowhere"
     else:
-        monkeypatch.setattr(data_mod, "MEMORY_BUDGET_BYTES", 1000)
+        monkeypatch.setattr(data_user, "MEMORY_BUDGET_BYTES", 1000)
     with pytest.raises(DataError) as e:
         load_dataset(f"folder:{top}")
     assert "\n" not in str(e.value) and e.value.__cause__ is None
@@ -190,7 +190,7 @@ def test_npz_and_python_sources_refusals(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="cannot be read as a .npz"):
         load_dataset(f"npz:{tmp_path / 'plain.txt'}")
     np.savez(tmp_path / "big.npz", x_train=x, y_train=y)
-    monkeypatch.setattr(data_mod, "MEMORY_BUDGET_BYTES", 240 * 12 * 4 - 1)  # one byte short
+    monkeypatch.setattr(data_user, "MEMORY_BUDGET_BYTES", 240 * 12 * 4 - 1)  # one byte short
     with pytest.raises(DataError, match=r"over the 0.0 GiB budget: use fewer or smaller samples"):
         load_dataset(f"npz:{tmp_path / 'big.npz'}")
     monkeypatch.undo()

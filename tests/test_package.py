@@ -19,6 +19,7 @@ def test_wheel_holds_only_dal_search_at_the_top_level(tmp_path):
     assert {t for t in tops if not t.endswith(".dist-info")} == {"dal_search"}
     for room in ("objectives", "storage", "search"):
         assert f"dal_search/{room}/__init__.py" in names
+    assert "dal_search/objectives/data/__init__.py" in names  # a package inside a room travels too
     assert "dal_search/search/campaigns/quick.yaml" in names  # package data travels
     assert "dal_search/py.typed" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
