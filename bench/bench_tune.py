@@ -108,9 +108,9 @@ def best_at(points, budget: int):
 
 
 def _test(t) -> str:
-    from dal_search.search.analysis import _mean_sd, _seed_values
+    from dal_search.search.analysis import mean_sd, seed_values
 
-    return _mean_sd(_seed_values(t, "test_acc")) if t is not None else "-"
+    return mean_sd(seed_values(t, "test_acc")) if t is not None else "-"
 
 
 def analyse(storage_url: str, png_dir: str | None) -> None:

@@ -13,9 +13,7 @@ import html
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
-from typing import Callable
 
 import optuna
 import plotly.graph_objects as go
@@ -34,40 +32,18 @@ HOW_TO_READ = ("Each comparison gives the mean difference over seeds in points o
 
 
 def figures(storage: optuna.storages.BaseStorage, campaign: str | None) -> list[tuple[str, go.Figure | str]]:
-    """(title, figure) for each analysis of the campaign; a figure that cannot be drawn is its reason."""
+    """(title, figure) for each analysis figure of the campaign (analysis.FIGURES); a figure that cannot be drawn
+    is its reason."""
     studies = analysis.campaign_studies(storage, campaign)
     if not studies:
         raise NotEnoughTrials(f"not enough trials: no studies of campaign {campaign!r} in this storage")
-    items: list[tuple[str, Callable[[], go.Figure]]] = [
-        ("DAL vs baselines", lambda: analysis.arm_comparison(studies)),
-        ("Sensitivity to q_s x q_e (open question 3)", lambda: analysis.sensitivity_surface(studies)),
-        ("Schedule shapes (open question 1)", lambda: analysis.schedule_comparison(studies)),
-    ]
-    if analysis.has_learned(studies):
-        items.append(("Learned schedules (PBT, open question 1)", lambda: analysis.learned_schedules(studies)))
-    best_dal = _best_trial([s for s in studies if s.user_attrs.get("arm") == "dal"])
-    if best_dal is not None:
-        study, trial = best_dal
-        items.append((f"Best DAL trial: {study.study_name} #{trial.number}",
-                      lambda: analysis.trial_curves(trial, f"{study.study_name} trial {trial.number} (best on "
-                                                           f"{analysis.selected_on([study])}): q(t), lambda(t), "
-                                                           f"learning and memorisation (first seed, n=1)")))
-    for s in studies:
-        if s.user_attrs.get("arm") == "dal" and len(s.user_attrs.get("space") or {}) > 1:
-            items.append((f"Importances: {s.study_name}", lambda s=s: analysis.importances(s)))
     out: list[tuple[str, go.Figure | str]] = []
-    for title, make in items:
+    for title, draw in analysis.figure_items(studies):
         try:
-            out.append((title, make()))
+            out.append((title, draw()))
         except NotEnoughTrials as e:
             out.append((title, str(e)))
     return out
-
-
-def _best_trial(studies: list[optuna.Study]):
-    """(study, trial) of the best trial across `studies`, or None."""
-    best = [(s, t) for s in studies if (t := analysis.best_trial(s)) is not None]
-    return max(best, key=lambda st: st[1].value, default=None)
 
 
 def write_report(storage: optuna.storages.BaseStorage, campaign: str | None, out_html: str | Path,

@@ -24,7 +24,7 @@ from collections import defaultdict
 from typing import Any
 
 from dal_search.search import analysis, stats
-from dal_search.search.analysis import ARM_NAMES, KEY_WORDS, best_trial, seed_map, seed_means
+from dal_search.search.analysis import ARM_NAMES, best_trial, seed_map, seed_means
 from dal_search.search.analysis import campaign_studies as _studies
 
 LABELS = {"test_acc": "last epoch", "best_test_acc": "best epoch", "test_acc_at_best_val": "at best val",
@@ -68,16 +68,12 @@ def _seeds_caption(counts: list[int]) -> str:
     return f"n={top} seed{'s' if top != 1 else ''}"
 
 
-def _arm_sort(arm: str) -> int:
-    return list(ARM_NAMES).index(arm) if arm in ARM_NAMES else 99
-
-
 def arm_table(storage, campaign: str, key: str = "test_acc", label: str = "") -> str:
     """Rows: arms; columns: noise conditions; cells: the best trial's `key`, mean ± std over its seeds."""
     values: dict[str, dict[tuple, list[float]]] = defaultdict(dict)
     conds: set[tuple] = set()
     for study in _studies(storage, campaign):
-        c = analysis._cond(study)
+        c = analysis.condition(study)
         conds.add(c)
         t = best_trial(study)
         values[study.user_attrs["arm"]][c] = list(seed_map(t, key).values()) if t else []
@@ -86,7 +82,7 @@ def arm_table(storage, campaign: str, key: str = "test_acc", label: str = "") ->
     n = max(set(counts), key=counts.count) if counts else None
     head = [_cond_label(c) for c in order]
     lines = [f"| {label or key} ({_seeds_caption(counts)}) | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
-    for arm in sorted(values, key=_arm_sort):
+    for arm in sorted(values, key=analysis.arm_order):
         lines.append(f"| {ARM_NAMES.get(arm, arm)} | " + " | ".join(_cell(values[arm].get(c, []), n) for c in order)
                      + " |")
     return "\n".join(lines)
@@ -111,7 +107,7 @@ def comparison_table(storage, campaign: str, key: str = "test_acc", label: str =
 def each_baseline_table(storage, campaign: str, key: str = "test_acc", label: str = "") -> str:
     """Rows: conditions; columns: baselines; cells: DAL − that baseline [95 % CI], verdict."""
     results = sorted(analysis.arm_results(_studies(storage, campaign), key), key=lambda r: _cond_key(r.cond))
-    arms = sorted({a for r in results for a in r.each}, key=_arm_sort)
+    arms = sorted({a for r in results for a in r.each}, key=analysis.arm_order)
     lines = [f"| {label or key}: DAL − baseline [95 % CI], verdict | " + " | ".join(ARM_NAMES.get(a, a) for a in arms)
              + " |", "|---|" + "---|" * len(arms)]
     for r in results:
@@ -126,13 +122,13 @@ def param_table(storage, campaign: str, param: str, key: str = "test_acc", label
     conditions; cells: mean ± std over seeds of the per-seed means over the trials with that value."""
     trials: dict[str, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
     conds: set[tuple] = set()
-    for study in analysis._dal_studies(_studies(storage, campaign)):
-        c = analysis._cond(study)
+    for study in analysis.dal_studies(_studies(storage, campaign)):
+        c = analysis.condition(study)
         conds.add(c)
-        for t in analysis._complete(study):
-            trials[str(analysis._param(t, param))][c].append(t)
+        for t in analysis.complete_trials(study):
+            trials[str(analysis.param(t, param))][c].append(t)
     order = sorted(conds, key=_cond_key)
-    rows = sorted(trials, key=lambda v: (analysis.SHAPE_ORDER.index(v) if v in analysis.SHAPE_ORDER else 99, v))
+    rows = analysis.shape_sort(trials)
     cells = {v: {c: list(seed_means(trials[v][c], key).values()) for c in order} for v in rows}
     counts = [len(x) for row in cells.values() for x in row.values() if x]
     n = max(set(counts), key=counts.count) if counts else None
@@ -160,14 +156,14 @@ def grid_table(storage, campaign: str, noise_rate: float, key: str = "test_acc",
     """q_start rows x q_end columns at one noise rate (DAL studies; one schedule `shape`, or all when None):
     mean ± std over seeds, each seed's value averaged over the trials at the point."""
     grid: dict[float, dict[float, list]] = defaultdict(lambda: defaultdict(list))
-    for study in analysis._dal_studies(_studies(storage, campaign)):
+    for study in analysis.dal_studies(_studies(storage, campaign)):
         a = study.user_attrs
         if abs(a["noise_rate"] - noise_rate) > 1e-9 or (noise is not None and a["noise"] != noise):
             continue
-        for t in analysis._complete(study):
-            if shape is not None and analysis._shape(t) != shape:
+        for t in analysis.complete_trials(study):
+            if shape is not None and analysis.shape_of(t) != shape:
                 continue
-            qs, qe = analysis._param(t, "q_start"), analysis._param(t, "q_end")
+            qs, qe = analysis.param(t, "q_start"), analysis.param(t, "q_end")
             grid[round(float(qs), 4)][round(float(qe), 4)].append(t)
     q_ends = sorted({qe for row in grid.values() for qe in row})
     cells = {qs: {qe: list(seed_means(grid[qs].get(qe, []), key).values()) for qe in q_ends} for qs in grid}
@@ -240,15 +236,15 @@ def against_table(storage, campaign: str, other: str, key: str = "test_acc", lab
     theirs: dict[tuple, dict[str, Any]] = defaultdict(dict)
     for s in _studies(storage, other):
         if (t := best_trial(s)) is not None:
-            theirs[analysis._cond(s)][s.user_attrs["arm"]] = t
-    arms = sorted({a for d in theirs.values() for a in d}, key=_arm_sort)
+            theirs[analysis.condition(s)][s.user_attrs["arm"]] = t
+    arms = sorted({a for d in theirs.values() for a in d}, key=analysis.arm_order)
     if not mine or not arms:
         return f"(nothing to compare: {campaign!r} has no DAL study or {other!r} no completed trial)"
     name = lambda a: f"{ARM_NAMES.get(a, a)} ({other})"  # noqa: E731
     lines = [f"| {label or key}: best DAL trial of {campaign} − arm [95 % CI], verdict | "
              + " | ".join(name(a) for a in arms) + " |", "|---|" + "---|" * len(arms)]
-    for study in sorted(mine, key=lambda s: _cond_key(analysis._cond(s))):
-        c, t = analysis._cond(study), best_trial(study)
+    for study in sorted(mine, key=lambda s: _cond_key(analysis.condition(s))):
+        c, t = analysis.condition(study), best_trial(study)
         if t is None:
             continue
         cells = []

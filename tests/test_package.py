@@ -20,6 +20,7 @@ def test_wheel_holds_only_dal_search_at_the_top_level(tmp_path):
     for room in ("objectives", "storage", "search"):
         assert f"dal_search/{room}/__init__.py" in names
     assert "dal_search/objectives/data/__init__.py" in names  # a package inside a room travels too
+    assert "dal_search/search/analysis/_data.py" in names
     assert "dal_search/search/campaigns/quick.yaml" in names  # package data travels
     assert "dal_search/py.typed" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
